@@ -1,0 +1,164 @@
+"""One entry point for the selective scan, with interchangeable backends.
+
+Every backend has the mamba signature ``fn(u, delta, A, B, C, D, delta_bias,
+delta_softplus) -> y``. :func:`selective_scan` validates the shapes (so bad input fails
+here with a message, not inside a kernel), turns autocast off so the scan runs in fp32,
+and picks the backend: ``'auto'`` takes the highest-priority backend that runs on the
+tensors' device.
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from .chunked import selective_scan_chunked
+from .reference import selective_scan_reference
+
+ScanFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class ScanBackend:
+    """A selective-scan implementation.
+
+    Args:
+        name: the value of ``scan_backend`` that selects it.
+        fn: the scan, with the signature of :func:`selective_scan_reference`.
+        supports: whether it can run on a given device.
+        priority: ``'auto'`` picks the supporting backend with the highest priority.
+        differentiable: ``fn`` is differentiable through torch autograd. Such backends
+            run without autograd in the forward pass and are recomputed in backward
+            (as mamba's CUDA kernel does), which keeps their intermediates out of memory.
+            A backend with its own ``torch.autograd.Function`` sets this to False.
+    """
+    name: str
+    fn: ScanFn
+    supports: Callable[[torch.device], bool]
+    priority: int
+    differentiable: bool = True
+
+
+_BACKENDS: Dict[str, ScanBackend] = {}
+
+
+def register_backend(backend: ScanBackend) -> None:
+    if backend.name in _BACKENDS or backend.name == 'auto':
+        raise KeyError(f'scan backend {backend.name!r} is already registered')
+    _BACKENDS[backend.name] = backend
+
+
+def available_backends(device: Optional[torch.device] = None) -> List[str]:
+    """Registered backend names (those that run on ``device`` if it is given)."""
+    return [
+        name for name, b in _BACKENDS.items() if device is None or b.supports(torch.device(device))
+    ]
+
+
+def resolve_backend(name: str, device: torch.device) -> ScanBackend:
+    """The backend called ``name``, or for ``'auto'`` the best one for ``device``."""
+    device = torch.device(device)
+    if name == 'auto':
+        candidates = [b for b in _BACKENDS.values() if b.supports(device)]
+        return max(candidates, key=lambda b: b.priority)
+    if name not in _BACKENDS:
+        raise ValueError(f'unknown scan backend {name!r}; choose one of '
+                         f"{['auto'] + sorted(_BACKENDS)}")
+    backend = _BACKENDS[name]
+    if not backend.supports(device):
+        raise ValueError(f'scan backend {name!r} cannot run on device {device}; '
+                         f'backends for it: {available_backends(device)}')
+    return backend
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """Runs a differentiable backend without autograd and recomputes it in backward.
+
+    Being one ``autograd.Function`` also makes the scan a single traced node
+    (``prim::PythonOp.SelectiveScanFn``), which the FLOP counter in
+    ``tools/analysis_tools/get_flops.py`` counts as ``9 * B * L * D * N``.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, delta_softplus, u, delta, A, B, C, D, delta_bias):
+        ctx.fn, ctx.delta_softplus = fn, delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        with torch.no_grad():
+            return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        inputs = [
+            None if t is None else t.detach().requires_grad_(need)
+            for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])
+        ]
+        with torch.enable_grad():
+            y = ctx.fn(*inputs, ctx.delta_softplus)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else [])
+        return (None, None) + tuple(
+            next(grads) if t is not None and t.requires_grad else None for t in inputs)
+
+
+def _check_inputs(u, delta, A, B, C, D, delta_bias) -> None:
+
+    def fail(msg):
+        raise ValueError(f'selective_scan: {msg}')
+
+    if u.dim() != 3:
+        fail(f'u must be (batch, K*D, L), got shape {tuple(u.shape)}')
+    batch, channels, length = u.shape
+    if delta.shape != u.shape:
+        fail(f'delta must have the shape of u {tuple(u.shape)}, got {tuple(delta.shape)}')
+    if A.dim() != 2 or A.shape[0] != channels:
+        fail(f'A must be (K*D={channels}, N), got {tuple(A.shape)}')
+    n_state = A.shape[1]
+    for name, t in (('B', B), ('C', C)):
+        if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != n_state or t.shape[3] != length:
+            fail(f'{name} must be (batch={batch}, K, N={n_state}, L={length}), '
+                 f'got {tuple(t.shape)}')
+    groups = B.shape[1]
+    if C.shape[1] != groups or channels % groups:
+        fail(f'B and C must share K, and K must divide the {channels} channels; '
+             f'got K={groups} (B) and {C.shape[1]} (C)')
+    for name, t in (('D', D), ('delta_bias', delta_bias)):
+        if t is not None and tuple(t.shape) != (channels, ):
+            fail(f'{name} must be ({channels},), got {tuple(t.shape)}')
+    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias) if t is not None}
+    if len(devices) > 1:
+        fail(f'all inputs must be on one device, got {sorted(map(str, devices))}')
+
+
+def selective_scan(u: Tensor,
+                   delta: Tensor,
+                   A: Tensor,
+                   B: Tensor,
+                   C: Tensor,
+                   D: Optional[Tensor] = None,
+                   delta_bias: Optional[Tensor] = None,
+                   delta_softplus: bool = False,
+                   *,
+                   backend: str = 'auto',
+                   output_fp32: bool = False) -> Tensor:
+    """Selective scan with the mamba signature; see :func:`selective_scan_reference`.
+
+    The state and all arithmetic are fp32 whatever the input dtypes and autocast say.
+
+    Args:
+        backend: a registered backend name or ``'auto'``.
+        output_fp32: return fp32 (for AMP) instead of the dtype of ``u``.
+    """
+    _check_inputs(u, delta, A, B, C, D, delta_bias)
+    impl = resolve_backend(backend, u.device)
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        if impl.differentiable:
+            y = SelectiveScanFn.apply(impl.fn, delta_softplus, u, delta, A, B, C, D, delta_bias)
+        else:
+            y = impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return y if output_fp32 else y.to(u.dtype)
+
+
+register_backend(
+    ScanBackend('reference', selective_scan_reference, supports=lambda device: True, priority=0))
+register_backend(
+    ScanBackend('chunked', selective_scan_chunked, supports=lambda device: True, priority=10))

@@ -1,0 +1,91 @@
+"""The learned part of the quadtree scan: token locality scores and the window choice.
+
+A per-block :class:`LocalityPredictor` scores every token; a coarse window's score is the
+mean of its tokens' scores; one window is chosen per sample (hard Gumbel-Softmax with a
+straight-through gradient in training, argmax in eval) and refined into fine windows.
+:func:`quadtree_gather` then builds the chosen sequences. Its backward is the paper's
+differentiable sequence masking: the sequence is ``sum_g m_g * gather(x, order_g)`` with
+the one-hot ``m``, so ``m`` (and through it the predictor) receives
+``<grad, gather(x, order_g)>`` for every candidate ``g``.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .scan_orders import coarse_window_ids, gather_sequences, merge_sequences
+
+
+class LocalityPredictor(nn.Module):
+    """Per-token locality score: LN -> MLP (C, C/2, C/4) with GELU -> 2 log-probabilities.
+
+    Args:
+        channels: feature width C of the tokens it scores.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        widths = [channels, channels, channels // 2, channels // 4]
+        layers = [nn.LayerNorm(channels)]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(c_in, c_out), nn.GELU()]
+        layers.append(nn.Linear(widths[-1], 2))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W)``: log-probability that a token is 'local'."""
+        return F.log_softmax(self.layers(x).float(), dim=-1)[..., 0]
+
+
+def window_scores(token_scores: Tensor, grid: int) -> Tensor:
+    """``(B, H, W)`` token scores -> ``(B, g*g)`` mean score of each coarse window."""
+    batch, height, width = token_scores.shape
+    ids = coarse_window_ids(height, width, grid).to(token_scores.device)
+    sums = token_scores.new_zeros(batch, grid * grid).index_add_(1, ids, token_scores.flatten(1))
+    counts = torch.bincount(ids, minlength=grid * grid).to(sums.dtype)
+    return sums / counts
+
+
+def choose_window(scores: Tensor, training: bool, tau: float = 1.0) -> Tensor:
+    """One-hot ``(B, G)`` choice. Training: hard Gumbel-Softmax, straight-through gradient.
+    Eval: argmax of the scores, deterministic."""
+    if training:
+        return F.gumbel_softmax(scores, tau=tau, hard=True)
+    return F.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)
+
+
+class _QuadtreeGather(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x: Tensor, choice: Tensor, orders: Tensor, inverses: Tensor) -> Tensor:
+        picked = choice.argmax(-1)
+        ctx.save_for_backward(x, picked, orders, inverses)
+        return gather_sequences(x, orders[picked])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, picked, orders, inverses = ctx.saved_tensors
+        grad_x = grad_choice = None
+        if ctx.needs_input_grad[0]:
+            grad_x = merge_sequences(grad, inverses[picked])
+        if ctx.needs_input_grad[1]:
+            grad_choice = torch.stack([
+                (grad * gather_sequences(x, orders[g:g + 1])).flatten(1).sum(1).float()
+                for g in range(orders.shape[0])
+            ], dim=1)
+        return grad_x, grad_choice, None, None
+
+
+def quadtree_gather(x: Tensor, choice: Tensor, orders: Tensor, inverses: Tensor) -> Tensor:
+    """Sequences of the chosen quadtree orders.
+
+    Args:
+        x: ``(B, D, L)`` token map, row-major.
+        choice: ``(B, G)`` one-hot window choice (gradient flows to it in training).
+        orders, inverses: ``(G, K, L)`` candidate orders, from
+            :func:`~quadmamba_mm.models.scan_orders.quadtree_orders`.
+
+    Returns:
+        ``(B, K, D, L)``; the order of sample b is ``orders[choice[b].argmax()]``.
+    """
+    return _QuadtreeGather.apply(x, choice, orders, inverses)

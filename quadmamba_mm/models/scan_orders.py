@@ -1,0 +1,117 @@
+"""Scan orders: how a 2-D token map becomes the K sequences a selective scan runs over.
+
+Every order is a permutation of the ``L = H * W`` tokens of a row-major map, held as a
+gather index ``order`` (sequence position -> token) together with its ``inverse``
+(token -> sequence position). Gathering with ``order`` builds the sequences; gathering the
+scan outputs with ``inverse`` and summing over directions merges them back.
+
+Two families:
+
+* cross scan (VMamba, stages 3-4): row-major, column-major, and both reversed (K=4);
+* quadtree (QuadMamba, stages 1-2): the map is cut into ``g x g`` coarse windows; one
+  chosen coarse window is cut again into ``s x s`` fine windows. The sequence visits the
+  coarse windows in raster order with the chosen one replaced by its fine windows, tokens
+  in raster order inside each window; then the same sequence reversed (K=2). There are
+  ``g*g`` candidate orders, one per choice, built once per map size and cached.
+
+Sizes that the grids do not divide are cut into near-equal windows (``ceil`` splits), so
+every order stays a true permutation of the real tokens: no padded token is ever scanned.
+"""
+from functools import lru_cache
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+
+def split_bounds(start: int, stop: int, parts: int) -> List[int]:
+    """``parts + 1`` boundaries cutting ``[start, stop)`` into near-equal pieces."""
+    size = stop - start
+    return [start + -(-i * size // parts) for i in range(parts + 1)]
+
+
+def _band_index(size: int, bounds: List[int]) -> Tensor:
+    """For each coordinate in ``[bounds[0], bounds[-1])``: which piece it falls in."""
+    index = torch.empty(size, dtype=torch.long)
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        index[lo:hi] = i
+    return index
+
+
+def with_inverse(order: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(order, inverse)`` for permutations along the last dimension."""
+    inverse = torch.empty_like(order)
+    positions = torch.arange(order.shape[-1]).expand_as(order)
+    inverse.scatter_(-1, order, positions)
+    return order, inverse
+
+
+@lru_cache(maxsize=None)
+def coarse_window_ids(height: int, width: int, grid: int) -> Tensor:
+    """``(H*W,)`` index of the coarse window each token belongs to, ``g*g`` windows."""
+    rows = _band_index(height, split_bounds(0, height, grid))
+    cols = _band_index(width, split_bounds(0, width, grid))
+    return (rows[:, None] * grid + cols[None, :]).flatten()
+
+
+@lru_cache(maxsize=None)
+def _cross_scan_orders(height: int, width: int) -> Tuple[Tensor, Tensor]:
+    raster = torch.arange(height * width)
+    column_major = raster.view(height, width).t().flatten()
+    order = torch.stack([raster, column_major, raster.flip(0), column_major.flip(0)])
+    return with_inverse(order[None])
+
+
+def cross_scan_orders(height: int, width: int, device=None) -> Tuple[Tensor, Tensor]:
+    """``(order, inverse)`` of shape ``(1, 4, H*W)``: the 4 VMamba cross-scan directions."""
+    return tuple(t.to(device) for t in _cross_scan_orders(height, width))
+
+
+@lru_cache(maxsize=None)
+def _quadtree_orders(height: int, width: int, grid: int, split: int) -> Tuple[Tensor, Tensor]:
+    rows_bounds, cols_bounds = split_bounds(0, height, grid), split_bounds(0, width, grid)
+    coarse = coarse_window_ids(height, width, grid).view(height, width)
+    row = torch.arange(height)[:, None].expand(height, width)
+    col = torch.arange(width)[None, :].expand(height, width)
+    orders = []
+    for choice in range(grid * grid):
+        r0, r1 = rows_bounds[choice // grid], rows_bounds[choice // grid + 1]
+        c0, c1 = cols_bounds[choice % grid], cols_bounds[choice % grid + 1]
+        fine = torch.zeros(height, width, dtype=torch.long)
+        fine[r0:r1, c0:c1] = (
+            _band_index(r1 - r0, [b - r0 for b in split_bounds(r0, r1, split)])[:, None] * split +
+            _band_index(c1 - c0, [b - c0 for b in split_bounds(c0, c1, split)])[None, :])
+        # Lexicographic key: coarse window, fine window (0 outside the chosen one), row, col.
+        key = ((coarse * split * split + fine) * height + row) * width + col
+        forward = key.flatten().argsort()
+        orders.append(torch.stack([forward, forward.flip(0)]))
+    return with_inverse(torch.stack(orders))
+
+
+def quadtree_orders(height: int, width: int, grid: int = 2, split: int = 2,
+                    device=None) -> Tuple[Tensor, Tensor]:
+    """``(order, inverse)`` of shape ``(g*g, 2, H*W)``: per choice of the refined coarse
+    window, the quadtree sequence and its reverse.
+
+    Args:
+        grid: coarse windows per side (2: quadrants of ``H/2 x W/2``).
+        split: fine windows per side inside the chosen coarse window (2: ``H/4 x W/4``).
+    """
+    if height < grid * split or width < grid * split:
+        raise ValueError(f'a {height}x{width} map is too small for a quadtree of {grid}x{grid} '
+                         f'coarse windows split {split}x{split}: each side needs at least '
+                         f'{grid * split} tokens')
+    return tuple(t.to(device) for t in _quadtree_orders(height, width, grid, split))
+
+
+def gather_sequences(x: Tensor, order: Tensor) -> Tensor:
+    """``(B, D, L)`` map and ``(1 or B, K, L)`` orders -> ``(B, K, D, L)`` sequences."""
+    batch, dim, length = x.shape
+    k = order.shape[1]
+    index = order[:, :, None, :].expand(batch, k, dim, length)
+    return x[:, None].expand(batch, k, dim, length).gather(-1, index)
+
+
+def merge_sequences(y: Tensor, inverse: Tensor) -> Tensor:
+    """``(B, K, D, L)`` scan outputs back to map order, summed over K -> ``(B, D, L)``."""
+    return y.gather(-1, inverse[:, :, None, :].expand_as(y)).sum(1)

@@ -1,0 +1,90 @@
+"""Check that the environment holds the pinned OpenMMLab stack with mmcv's compiled ops.
+
+Run ``python -m quadmamba_mm.utils.env_check``: it exits non-zero with one line per
+problem. The pins are read from this package's own metadata (``setup.cfg``), so they are
+written in one place only.
+"""
+import argparse
+import importlib.metadata as metadata
+import sys
+from typing import List
+
+from packaging.requirements import Requirement
+
+DIST_NAME = 'quadmamba-mm'
+# Distributions that all install the same top-level ``cv2``: exactly one may be present.
+CV2_PROVIDERS = ('opencv-python', 'opencv-python-headless', 'opencv-contrib-python',
+                 'opencv-contrib-python-headless')
+
+
+def pinned_requirements(extras=('mm', )) -> List[Requirement]:
+    """The ``==`` requirements of this package, including those of ``extras``."""
+    pins = []
+    for line in metadata.requires(DIST_NAME) or []:
+        req = Requirement(line)
+        in_scope = req.marker is None or any(
+            req.marker.evaluate({'extra': extra}) for extra in ('', ) + tuple(extras))
+        if in_scope and any(spec.operator == '==' for spec in req.specifier):
+            pins.append(req)
+    return pins
+
+
+def find_problems() -> List[str]:
+    problems = []
+    for req in pinned_requirements():
+        try:
+            version = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            problems.append(f'{req.name} is not installed (pinned: {req.specifier})')
+            continue
+        if version not in req.specifier:
+            problems.append(f'{req.name} {version} is installed, the pin is {req.specifier}')
+
+    cv2_dists = []
+    for name in CV2_PROVIDERS:
+        try:
+            metadata.version(name)
+            cv2_dists.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if cv2_dists != ['opencv-python-headless']:
+        problems.append('expected opencv-python-headless as the only cv2 provider, found: '
+                        f'{cv2_dists or "none"}')
+
+    try:
+        import torch
+        from mmcv.ops import RoIAlign, nms
+        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
+        _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+        if keep.tolist() != [0, 2]:
+            problems.append(f'mmcv.ops.nms returned {keep.tolist()}, expected [0, 2]')
+        RoIAlign(output_size=2)
+    except Exception as exc:  # any failure here means the compiled ops are unusable
+        problems.append(f'mmcv.ops (compiled ops: nms, RoIAlign) does not work: {exc!r}. '
+                        'Rebuild mmcv with MMCV_WITH_OPS=1 for this torch '
+                        '(bash tools/setup_env.sh does it).')
+
+    for module in ('mmdet', 'mmseg', 'mmpretrain', 'quadmamba_mm', 'quadmamba_kernels'):
+        try:
+            __import__(module)
+        except Exception as exc:
+            problems.append(f'import {module} failed: {exc!r}')
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quiet', action='store_true', help='print nothing on success')
+    args = parser.parse_args(argv)
+    problems = find_problems()
+    for problem in problems:
+        print(f'[env_check] ERROR: {problem}', file=sys.stderr)
+    if not problems and not args.quiet:
+        versions = ', '.join(f'{req.name} {metadata.version(req.name)}'
+                             for req in pinned_requirements())
+        print(f'[env_check] OK: {versions}; mmcv ops load; cv2 from opencv-python-headless')
+    return 1 if problems else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
