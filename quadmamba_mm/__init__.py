@@ -1,4 +1,12 @@
-"""QuadMamba for the OpenMMLab toolboxes: one backbone for mmpretrain, mmdet and mmseg."""
+"""QuadMamba for the OpenMMLab toolboxes: one backbone for mmpretrain, mmdet and mmseg.
+
+Importing the package (configs do it with ``custom_imports=dict(imports=['quadmamba_mm'])``)
+registers the models and allow-lists the types of Runner checkpoints for safe loading.
+"""
+from . import models  # noqa: F401  (registers QuadMamba)
+from .utils.safe_load import allow_runner_checkpoint_types
 from .version import __version__
+
+allow_runner_checkpoint_types()
 
 __all__ = ['__version__']

@@ -1,0 +1,468 @@
+"""QuadMamba: quadtree-based selective scan for a visual state space model.
+
+Fei Xie, Weijia Zhang, Zhongdao Wang, Chao Ma. "QuadMamba: Learning Quadtree-based
+Selective Scan for Visual State Space Model", NeurIPS 2024 (arXiv 2410.06806).
+Architecture facts from the paper and the public code (VISION-SJTU/QuadMamba, built on
+MzeroMiko/VMamba); this is an independent implementation.
+
+Layout, from small to large: :class:`SS2D` (the state-space token mixer, cross or quadtree
+scan) -> :class:`QuadMambaBlock` (pre-norm mixer + MLP) -> :class:`QuadMambaStage` ->
+:class:`QuadMamba` (stem, 4 stages, per-output norms).
+
+@inproceedings{xie2024quadmamba,
+  title={QuadMamba: Learning Quadtree-based Selective Scan for Visual State Space Model},
+  author={Xie, Fei and Zhang, Weijia and Wang, Zhongdao and Ma, Chao},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2024}}
+"""
+import math
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from torch import Tensor
+
+from quadmamba_kernels import available_backends, selective_scan
+
+from ..registry import MODELS
+from .drop_path import DropPath
+from .quadtree import LocalityPredictor, choose_window, quadtree_gather, window_scores
+from .scan_orders import cross_scan_orders, gather_sequences, merge_sequences, quadtree_orders
+
+# Omnidirectional shift: odd blocks roll the map by (sign_h * H//8, sign_w * W//8); the
+# signs cycle with the global block index (index // 2 % 4).
+SHIFT_DIRECTIONS = ((1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+class SS2D(nn.Module):
+    """2-D selective-scan token mixer (VMamba's SS2D without the z gate).
+
+    ``in_proj -> depthwise 3x3 conv -> SiLU -> K directional scans -> merge -> LayerNorm ->
+    out_proj``. The K sequences come from the cross scan (K=4) or from the learned
+    quadtree order and its reverse (K=2).
+
+    Args:
+        dims: input/output width C.
+        d_state: SSM state size N.
+        ssm_ratio: inner width ``d_inner = ssm_ratio * C``.
+        dt_rank: rank of the delta projection; ``'auto'`` is ``ceil(C / 16)``.
+        scan: ``'cross'`` or ``'quadtree'``.
+        quadtree_grid: coarse windows per side of the quadtree (2: quadrants).
+        quadtree_split: fine windows per side inside the chosen coarse window.
+        gumbel_tau: temperature of the Gumbel-Softmax window choice.
+        scan_backend: selective-scan backend name or ``'auto'``.
+        dt_min, dt_max, dt_init_floor: range of the initial step size (mamba's init).
+    """
+
+    def __init__(self,
+                 dims: int,
+                 d_state: int = 1,
+                 ssm_ratio: float = 2.0,
+                 dt_rank: Union[int, str] = 'auto',
+                 scan: str = 'cross',
+                 quadtree_grid: int = 2,
+                 quadtree_split: int = 2,
+                 gumbel_tau: float = 1.0,
+                 scan_backend: str = 'auto',
+                 dt_min: float = 0.001,
+                 dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4) -> None:
+        super().__init__()
+        if scan not in ('cross', 'quadtree'):
+            raise ValueError(f"scan must be 'cross' or 'quadtree', got {scan!r}")
+        d_inner = int(ssm_ratio * dims)
+        self.dt_rank = math.ceil(dims / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.d_inner, self.d_state, self.scan = d_inner, d_state, scan
+        self.quadtree_grid, self.quadtree_split, self.gumbel_tau = (quadtree_grid,
+                                                                    quadtree_split, gumbel_tau)
+        self.scan_backend = scan_backend
+        k = 4 if scan == 'cross' else 2
+        self.num_directions = k
+
+        self.in_proj = nn.Linear(dims, d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False)
+        self.act = nn.SiLU()
+        self.predictor = LocalityPredictor(d_inner) if scan == 'quadtree' else None
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, dims, bias=False)
+        self._dt_init = (dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """mamba's initialisation of the state-space parameters."""
+        dt_min, dt_max, dt_init_floor = self._dt_init
+        k, d_inner = self.num_directions, self.d_inner
+        bound = self.d_inner**-0.5
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        dt_std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_projs_weight, -dt_std, dt_std)
+        # softplus(bias) is a step size drawn log-uniformly from [dt_min, dt_max].
+        dt = torch.exp(
+            torch.rand(k, d_inner) * (math.log(dt_max) - math.log(dt_min)) +
+            math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_logs.copy_(
+            torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(
+                k * d_inner, 1))
+        self.Ds.fill_(1.0)
+
+    def scan_orders(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """The K sequences ``(B, K, D, L)`` of the map ``x`` ``(B, H, W, D)`` and the
+        inverse orders that merge the scan outputs back."""
+        batch, height, width, dim = x.shape
+        flat = x.permute(0, 3, 1, 2).reshape(batch, dim, height * width)
+        if self.scan == 'cross':
+            order, inverse = cross_scan_orders(height, width, x.device)
+            return gather_sequences(flat, order), inverse
+        orders, inverses = quadtree_orders(height, width, self.quadtree_grid,
+                                           self.quadtree_split, x.device)
+        scores = window_scores(self.predictor(x), self.quadtree_grid)
+        choice = choose_window(scores, self.training, self.gumbel_tau)
+        return quadtree_gather(flat, choice, orders, inverses), inverses[choice.argmax(-1)]
+
+    def forward(self, x: Tensor, shift: Optional[Tuple[int, int]] = None) -> Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``; ``shift`` rolls the map around the scan."""
+        batch, height, width, _ = x.shape
+        x = self.in_proj(x)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        if shift is not None:
+            x = torch.roll(x, shifts=shift, dims=(1, 2))
+
+        xs, inverse = self.scan_orders(x)  # (B, K, D, L)
+        k, d, n, length = self.num_directions, self.d_inner, self.d_state, height * width
+        x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
+        dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)
+        y = selective_scan(
+            xs.reshape(batch, k * d, length),
+            dts.reshape(batch, k * d, length),
+            -torch.exp(self.A_logs.float()),
+            Bs.contiguous(),
+            Cs.contiguous(),
+            self.Ds.float(),
+            self.dt_projs_bias.float().flatten(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+            output_fp32=True)
+        y = merge_sequences(y.view(batch, k, d, length), inverse)
+        y = y.view(batch, d, height, width).permute(0, 2, 3, 1)
+        if shift is not None:
+            y = torch.roll(y, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        return self.out_proj(self.out_norm(y).to(x.dtype))
+
+
+class Mlp(nn.Sequential):
+    """Linear -> GELU -> Linear, channel-last."""
+
+    def __init__(self, dims: int, hidden: int) -> None:
+        super().__init__(nn.Linear(dims, hidden), nn.GELU(), nn.Linear(hidden, dims))
+
+
+class QuadMambaBlock(nn.Module):
+    """Pre-norm block: ``x + DropPath(SS2D(LN(x)))``, then ``x + DropPath(MLP(LN(x)))``.
+
+    Args:
+        dims: width C.
+        drop_path: stochastic depth rate of this block.
+        mlp_ratio: MLP hidden width ``mlp_ratio * C``.
+        shift_direction: ``(sign_h, sign_w)`` to roll the map by ``(H//8, W//8)`` around the
+            scan, or None for no shift.
+        **ss2d_kwargs: passed to :class:`SS2D`.
+    """
+
+    def __init__(self,
+                 dims: int,
+                 drop_path: float = 0.,
+                 mlp_ratio: float = 4.0,
+                 shift_direction: Optional[Tuple[int, int]] = None,
+                 **ss2d_kwargs) -> None:
+        super().__init__()
+        self.shift_direction = shift_direction
+        self.norm = nn.LayerNorm(dims)
+        self.op = SS2D(dims, **ss2d_kwargs)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dims)
+        self.mlp = Mlp(dims, int(dims * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
+        shift = None
+        if self.shift_direction is not None:
+            sign_h, sign_w = self.shift_direction
+            shift = (sign_h * (x.shape[1] // 8), sign_w * (x.shape[2] // 8))
+        x = x + self.drop_path(self.op(self.norm(x), shift))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class Downsample(nn.Module):
+    """conv 3x3 stride 2 -> LayerNorm, channel-last in and out: ``(B, H, W, C_in)`` ->
+    ``(B, ceil(H/2), ceil(W/2), C_out)``."""
+
+    def __init__(self, in_dims: int, out_dims: int) -> None:
+        super().__init__()
+        self.reduction = nn.Conv2d(in_dims, out_dims, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(out_dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.norm(x)
+
+
+class PatchEmbed(nn.Module):
+    """Two-conv stem: conv3x3 s2 (C/2) -> LN -> GELU -> conv3x3 s2 (C) -> LN.
+    ``(B, 3, H, W)`` -> ``(B, ceil(H/4), ceil(W/4), C)``, channel-last."""
+
+    def __init__(self, in_channels: int, dims: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, dims // 2, 3, stride=2, padding=1)
+        self.norm1 = nn.LayerNorm(dims // 2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(dims // 2, dims, 3, stride=2, padding=1)
+        self.norm2 = nn.LayerNorm(dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.norm1(self.conv1(x).permute(0, 2, 3, 1)))
+        return self.norm2(self.conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class QuadMambaStage(nn.Module):
+    """Blocks of one resolution, then (except for the last stage) a downsample.
+
+    Args:
+        blocks: the stage's blocks.
+        downsample: module applied after the blocks, or None.
+        with_cp: gradient checkpointing of each block in training.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], downsample: Optional[nn.Module],
+                 with_cp: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+        self.with_cp = with_cp
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Returns the stage output before the downsample and the next stage's input."""
+        for block in self.blocks:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+@MODELS.register_module()
+class QuadMamba(BaseModule):
+    """QuadMamba backbone for classification, detection and segmentation.
+
+    Stages 1-2 use quadtree (QuadVSS) blocks, stages 3-4 cross-scan (VSS) blocks, by default;
+    ``quadtree_stages``, ``quadtree_grid/split`` and ``shift`` turn ablations into configs.
+
+    Parameters that usually take no weight decay: ``A_logs`` and ``Ds`` (state-space
+    parameters; note the original recipe decays ``A_logs`` and not ``Ds``), the LayerNorm
+    weights and biases, and all biases. In mmengine:
+    ``paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0., flat_decay_mult=0.,
+    custom_keys={'.A_logs': dict(decay_mult=0.), '.Ds': dict(decay_mult=0.)})``.
+
+    Args:
+        arch: ``'li'``, ``'t'``, ``'s'``, ``'b'`` or a dict with ``embed_dims``, ``depths``
+            and ``ssm_ratio``. Default: ``'t'``.
+        in_channels: input image channels. Default: 3.
+        out_indices: stages whose outputs are returned (NCHW, each with its own
+            LayerNorm ``norm{i}``). Default: ``(3, )``.
+        frozen_stages: freeze the stem and the first ``frozen_stages`` stages (parameters
+            frozen, modules kept in eval mode); -1 freezes nothing. Default: -1.
+        drop_path_rate: stochastic depth, rising linearly over all blocks. Default: 0.2.
+        d_state: SSM state size. Default: 1.
+        dt_rank: ``'auto'`` (``ceil(C/16)``) or an int. Default: ``'auto'``.
+        mlp_ratio: MLP width ratio. Default: 4.0.
+        quadtree_stages: indices of the stages that use quadtree blocks. Default: ``(0, 1)``.
+        quadtree_grid: coarse windows per side. Default: 2.
+        quadtree_split: fine windows per side in the chosen coarse window. Default: 2.
+        shift: omnidirectional shift on the odd blocks of quadtree stages. Default: True.
+        gumbel_tau: Gumbel-Softmax temperature. Default: 1.0.
+        scan_backend: selective-scan backend (``'auto'``, ``'chunked'``, ``'reference'``,
+            ...). Default: ``'auto'``.
+        with_cp: gradient checkpointing (same outputs, less memory). Default: False.
+        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...,
+            prefix='backbone.')``. Default: None.
+    """
+    arch_settings: Dict[str, dict] = {
+        'li': dict(embed_dims=48, depths=(2, 2, 2, 2), ssm_ratio=1.0),
+        't': dict(embed_dims=64, depths=(2, 6, 2, 2), ssm_ratio=1.0),
+        's': dict(embed_dims=96, depths=(2, 2, 5, 2), ssm_ratio=2.0),
+        'b': dict(embed_dims=96, depths=(2, 2, 15, 2), ssm_ratio=2.0),
+    }
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, dict] = 't',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (3, ),
+                 frozen_stages: int = -1,
+                 drop_path_rate: float = 0.2,
+                 d_state: int = 1,
+                 dt_rank: Union[int, str] = 'auto',
+                 mlp_ratio: float = 4.0,
+                 quadtree_stages: Sequence[int] = (0, 1),
+                 quadtree_grid: int = 2,
+                 quadtree_split: int = 2,
+                 shift: bool = True,
+                 gumbel_tau: float = 1.0,
+                 scan_backend: str = 'auto',
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        arch = self._parse_arch(arch)
+        self.embed_dims, self.depths = arch['embed_dims'], tuple(arch['depths'])
+        self.dims = [self.embed_dims * 2**i for i in range(self.num_stages)]
+        self.in_channels = in_channels
+        self.out_indices = self._check_indices(out_indices, 'out_indices')
+        self.quadtree_stages = self._check_indices(quadtree_stages, 'quadtree_stages')
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
+                             f'got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        if scan_backend != 'auto' and scan_backend not in available_backends():
+            raise ValueError(f'unknown scan_backend {scan_backend!r}; choose one of '
+                             f"{['auto'] + available_backends()}")
+
+        self.patch_embed = PatchEmbed(in_channels, self.embed_dims)
+        drop_rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        self.stages = nn.ModuleList()
+        block_index = 0
+        for i, (dims, depth) in enumerate(zip(self.dims, self.depths)):
+            quadtree = i in self.quadtree_stages
+            blocks = []
+            for j in range(depth):
+                shift_direction = None
+                if quadtree and shift and j % 2 == 1:
+                    shift_direction = SHIFT_DIRECTIONS[block_index // 2 % 4]
+                blocks.append(
+                    QuadMambaBlock(
+                        dims,
+                        drop_path=drop_rates[block_index],
+                        mlp_ratio=mlp_ratio,
+                        shift_direction=shift_direction,
+                        d_state=d_state,
+                        ssm_ratio=arch['ssm_ratio'],
+                        dt_rank=dt_rank,
+                        scan='quadtree' if quadtree else 'cross',
+                        quadtree_grid=quadtree_grid,
+                        quadtree_split=quadtree_split,
+                        gumbel_tau=gumbel_tau,
+                        scan_backend=scan_backend))
+                block_index += 1
+            downsample = Downsample(dims, self.dims[i + 1]) if i < self.num_stages - 1 else None
+            self.stages.append(QuadMambaStage(blocks, downsample, with_cp))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(self.dims[i]))
+
+        # The quadtree of stage i needs grid*split tokens per side at stride 2**(i+2).
+        self.min_input_size = max([
+            quadtree_grid * quadtree_split * 2**(i + 2) for i in self.quadtree_stages
+        ] + [32])
+        self.apply(self._init_module)
+        self._freeze_stages()
+
+    def _parse_arch(self, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            if arch not in self.arch_settings:
+                raise ValueError(f'unknown QuadMamba arch {arch!r}; choose one of '
+                                 f'{sorted(self.arch_settings)} or pass a dict')
+            return self.arch_settings[arch]
+        missing = {'embed_dims', 'depths', 'ssm_ratio'} - set(arch)
+        if missing:
+            raise ValueError(f'a custom arch dict needs the keys {sorted(missing)}')
+        if len(arch['depths']) != self.num_stages:
+            raise ValueError(f'arch depths must have {self.num_stages} entries, '
+                             f'got {arch["depths"]}')
+        return arch
+
+    def _check_indices(self, indices: Sequence[int], name: str) -> Tuple[int, ...]:
+        indices = tuple(i % self.num_stages if i < 0 else i for i in indices)
+        bad = [i for i in indices if not 0 <= i < self.num_stages]
+        if bad:
+            raise ValueError(f'{name} must index the {self.num_stages} stages, got {bad}')
+        return indices
+
+    @staticmethod
+    def _init_module(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f'QuadMamba expects a 4-D (N, C, H, W) tensor, got shape '
+                             f'{tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'QuadMamba was built for {self.in_channels} input channels, '
+                             f'got {x.shape[1]} (input shape {tuple(x.shape)})')
+        if min(x.shape[2:]) < self.min_input_size:
+            raise ValueError(f'input size {x.shape[2]}x{x.shape[3]} is below the minimum '
+                             f'{self.min_input_size}x{self.min_input_size} of this QuadMamba '
+                             f'(its quadtree stages need that many pixels per side)')
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """``(N, C, H, W)`` -> tuple of NCHW maps of ``ceil(H / 2**(i+2))`` for ``out_indices``."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            out, x = stage(x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(out).permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+    def _freeze_stages(self) -> None:
+        frozen = [self.patch_embed] if self.frozen_stages >= 0 else []
+        for i in range(self.frozen_stages):
+            frozen.append(self.stages[i])
+            if i in self.out_indices:
+                frozen.append(getattr(self, f'norm{i}'))
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'QuadMamba':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer depth for layer-wise learning-rate decay (mmpretrain's convention).
+
+        The stem is layer 0, block j of stage i is ``sum(depths[:i]) + j + 1``, a stage's
+        downsample belongs to its last block, everything else (norms, head) to the top.
+
+        Returns:
+            ``(layer_depth, num_layers)``.
+        """
+        num_layers = sum(self.depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        if name.startswith('patch_embed'):
+            return 0, num_layers
+        if name.startswith('stages.'):
+            parts = name.split('.')
+            stage = int(parts[1])
+            if parts[2] == 'blocks':
+                return sum(self.depths[:stage]) + int(parts[3]) + 1, num_layers
+            return sum(self.depths[:stage + 1]), num_layers
+        return num_layers - 1, num_layers
