@@ -1,0 +1,25 @@
+# QuadMamba-T on ImageNet-1k, the paper's recipe: 300 epochs, AdamW lr 1e-3 at batch 1024
+# (8 GPUs x 128), weight decay 0.05, 20 warm-up epochs, cosine, label smoothing 0.1,
+# Mixup 0.8 / CutMix 1.0, RandAugment, random erasing.
+_base_ = [
+    '../_base_/models/quadmamba_in1k.py',
+    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
+    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+
+train_dataloader = dict(batch_size=128)
+val_dataloader = dict(batch_size=128)
+test_dataloader = val_dataloader
+
+# No weight decay on norms, biases and the state-space parameters A_logs and Ds.
+optim_wrapper = dict(
+    paramwise_cfg=dict(
+        _delete_=True,
+        norm_decay_mult=0.,
+        bias_decay_mult=0.,
+        flat_decay_mult=0.,
+        custom_keys={
+            '.A_logs': dict(decay_mult=0.),
+            '.Ds': dict(decay_mult=0.)
+        }))
