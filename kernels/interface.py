@@ -7,12 +7,12 @@ and picks the backend: ``'auto'`` takes the highest-priority backend that runs o
 tensors' device.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .chunked import selective_scan_chunked
+from .chunked import selective_scan_chunked, selective_scan_chunked_backward
 from .reference import selective_scan_reference
 
 ScanFn = Callable[..., Tensor]
@@ -24,19 +24,20 @@ class ScanBackend:
 
     Args:
         name: the value of ``scan_backend`` that selects it.
-        fn: the scan, with the signature of :func:`selective_scan_reference`.
+        fn: the forward scan, with the signature of :func:`selective_scan_reference`.
         supports: whether it can run on a given device.
         priority: ``'auto'`` picks the supporting backend with the highest priority.
-        differentiable: ``fn`` is differentiable through torch autograd. Such backends
-            run without autograd in the forward pass and are recomputed in backward
-            (as mamba's CUDA kernel does), which keeps their intermediates out of memory.
-            A backend with its own ``torch.autograd.Function`` sets this to False.
+        backward: ``backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus)``
+            returning the gradients of the 7 tensor inputs (None where an input is None).
+            Without it, ``fn`` must be differentiable by autograd: it then runs without
+            autograd in the forward pass and is recomputed in backward (as mamba's CUDA
+            kernel does), which keeps its intermediates out of memory either way.
     """
     name: str
     fn: ScanFn
     supports: Callable[[torch.device], bool]
     priority: int
-    differentiable: bool = True
+    backward: Optional[Callable[..., Tuple[Optional[Tensor], ...]]] = None
 
 
 _BACKENDS: Dict[str, ScanBackend] = {}
@@ -72,7 +73,8 @@ def resolve_backend(name: str, device: torch.device) -> ScanBackend:
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """Runs a differentiable backend without autograd and recomputes it in backward.
+    """Every backend runs inside this one autograd node: its forward without autograd,
+    its backward by the backend's own ``backward`` or else by recomputation.
 
     Being one ``autograd.Function`` also makes the scan a single traced node
     (``prim::PythonOp.SelectiveScanFn``), which the FLOP counter in
@@ -80,24 +82,29 @@ class SelectiveScanFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, fn, delta_softplus, u, delta, A, B, C, D, delta_bias):
-        ctx.fn, ctx.delta_softplus = fn, delta_softplus
+    def forward(ctx, backend, delta_softplus, u, delta, A, B, C, D, delta_bias):
+        ctx.backend, ctx.delta_softplus = backend, delta_softplus
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
         with torch.no_grad():
-            return fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+            return backend.fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
     @staticmethod
     def backward(ctx, grad_y):
-        inputs = [
-            None if t is None else t.detach().requires_grad_(need)
-            for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])
-        ]
-        with torch.enable_grad():
-            y = ctx.fn(*inputs, ctx.delta_softplus)
-        wanted = [t for t in inputs if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else [])
+        saved = ctx.saved_tensors
+        needed = ctx.needs_input_grad[2:]
+        if ctx.backend.backward is not None:
+            grads = ctx.backend.backward(grad_y, *saved, ctx.delta_softplus)
+        else:
+            inputs = [None if t is None else t.detach().requires_grad_(need)
+                      for t, need in zip(saved, needed)]
+            with torch.enable_grad():
+                y = ctx.backend.fn(*inputs, ctx.delta_softplus)
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            found = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else [])
+            grads = [next(found) if t is not None and t.requires_grad else None for t in inputs]
         return (None, None) + tuple(
-            next(grads) if t is not None and t.requires_grad else None for t in inputs)
+            g.to(t.dtype) if need and g is not None else None
+            for g, t, need in zip(grads, saved, needed))
 
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias) -> None:
@@ -151,14 +158,12 @@ def selective_scan(u: Tensor,
     _check_inputs(u, delta, A, B, C, D, delta_bias)
     impl = resolve_backend(backend, u.device)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        if impl.differentiable:
-            y = SelectiveScanFn.apply(impl.fn, delta_softplus, u, delta, A, B, C, D, delta_bias)
-        else:
-            y = impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        y = SelectiveScanFn.apply(impl, delta_softplus, u, delta, A, B, C, D, delta_bias)
     return y if output_fp32 else y.to(u.dtype)
 
 
 register_backend(
     ScanBackend('reference', selective_scan_reference, supports=lambda device: True, priority=0))
 register_backend(
-    ScanBackend('chunked', selective_scan_chunked, supports=lambda device: True, priority=10))
+    ScanBackend('chunked', selective_scan_chunked, supports=lambda device: True, priority=10,
+                backward=selective_scan_chunked_backward))
