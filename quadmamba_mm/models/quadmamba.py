@@ -16,7 +16,7 @@ scan) -> :class:`QuadMambaBlock` (pre-norm mixer + MLP) -> :class:`QuadMambaStag
   year={2024}}
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,7 @@ from quadmamba_kernels import available_backends, selective_scan
 from ..registry import MODELS
 from .drop_path import DropPath
 from .quadtree import LocalityPredictor, choose_window, quadtree_gather, window_scores
-from .scan_orders import cross_scan_orders, gather_sequences, merge_sequences, quadtree_orders
+from .scan_orders import cross_merge, cross_scan, merge_sequences, quadtree_orders
 
 # Omnidirectional shift: odd blocks roll the map by (sign_h * H//8, sign_w * W//8); the
 # signs cycle with the global block index (index // 2 % 4).
@@ -115,19 +115,20 @@ class SS2D(nn.Module):
                 k * d_inner, 1))
         self.Ds.fill_(1.0)
 
-    def scan_orders(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """The K sequences ``(B, K, D, L)`` of the map ``x`` ``(B, H, W, D)`` and the
-        inverse orders that merge the scan outputs back."""
+    def sequences(self, x: Tensor) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """The K scan sequences ``(B, K, D, L)`` of the map ``x`` ``(B, H, W, D)``, and the
+        function that merges the K scan outputs back into one ``(B, D, L)`` map."""
         batch, height, width, dim = x.shape
-        flat = x.permute(0, 3, 1, 2).reshape(batch, dim, height * width)
+        chw = x.permute(0, 3, 1, 2)
         if self.scan == 'cross':
-            order, inverse = cross_scan_orders(height, width, x.device)
-            return gather_sequences(flat, order), inverse
+            return cross_scan(chw), lambda y: cross_merge(y, height, width)
         orders, inverses = quadtree_orders(height, width, self.quadtree_grid,
                                            self.quadtree_split, x.device)
         scores = window_scores(self.predictor(x), self.quadtree_grid)
         choice = choose_window(scores, self.training, self.gumbel_tau)
-        return quadtree_gather(flat, choice, orders, inverses), inverses[choice.argmax(-1)]
+        xs = quadtree_gather(chw.reshape(batch, dim, height * width), choice, orders, inverses)
+        inverse = inverses[choice.argmax(-1)]
+        return xs, lambda y: merge_sequences(y, inverse)
 
     def forward(self, x: Tensor, shift: Optional[Tuple[int, int]] = None) -> Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``; ``shift`` rolls the map around the scan."""
@@ -137,7 +138,7 @@ class SS2D(nn.Module):
         if shift is not None:
             x = torch.roll(x, shifts=shift, dims=(1, 2))
 
-        xs, inverse = self.scan_orders(x)  # (B, K, D, L)
+        xs, merge = self.sequences(x)  # (B, K, D, L)
         k, d, n, length = self.num_directions, self.d_inner, self.d_state, height * width
         x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
@@ -153,7 +154,7 @@ class SS2D(nn.Module):
             delta_softplus=True,
             backend=self.scan_backend,
             output_fp32=True)
-        y = merge_sequences(y.view(batch, k, d, length), inverse)
+        y = merge(y.view(batch, k, d, length))
         y = y.view(batch, d, height, width).permute(0, 2, 3, 1)
         if shift is not None:
             y = torch.roll(y, shifts=(-shift[0], -shift[1]), dims=(1, 2))

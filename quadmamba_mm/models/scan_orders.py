@@ -104,6 +104,24 @@ def quadtree_orders(height: int, width: int, grid: int = 2, split: int = 2,
     return tuple(t.to(device) for t in _quadtree_orders(height, width, grid, split))
 
 
+def cross_scan(x: Tensor) -> Tensor:
+    """``(B, D, H, W)`` -> ``(B, 4, D, H*W)``: the cross-scan sequences, equal to
+    ``gather_sequences`` with :func:`cross_scan_orders` but built from a transpose and flips,
+    which are several times faster than a gather on CPUs."""
+    rows = x.flatten(2)
+    cols = x.transpose(2, 3).flatten(2)
+    return torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)
+
+
+def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
+    """``(B, 4, D, H*W)`` -> ``(B, D, H*W)``: :func:`cross_scan`'s outputs back in map order,
+    summed; equal to ``merge_sequences`` with the cross-scan inverses."""
+    batch, _, dim, length = y.shape
+    rows = y[:, 0] + y[:, 2].flip(-1)
+    cols = (y[:, 1] + y[:, 3].flip(-1)).view(batch, dim, width, height).transpose(2, 3)
+    return rows + cols.reshape(batch, dim, length)
+
+
 def gather_sequences(x: Tensor, order: Tensor) -> Tensor:
     """``(B, D, L)`` map and ``(1 or B, K, L)`` orders -> ``(B, K, D, L)`` sequences."""
     batch, dim, length = x.shape
