@@ -3,7 +3,7 @@
 Importing the package (configs do it with ``custom_imports=dict(imports=['quadmamba_mm'])``)
 registers the models and allow-lists the types of Runner checkpoints for safe loading.
 """
-from . import models  # noqa: F401  (registers QuadMamba)
+from . import engine, models  # noqa: F401  (registers QuadMamba and the LR-decay constructor)
 from .utils.safe_load import allow_runner_checkpoint_types
 from .version import __version__
 
