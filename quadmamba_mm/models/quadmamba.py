@@ -29,7 +29,8 @@ from quadmamba_kernels import available_backends, selective_scan
 
 from ..registry import MODELS
 from .drop_path import DropPath
-from .quadtree import LocalityPredictor, choose_window, quadtree_gather, window_scores
+from .quadtree import (LocalityPredictor, check_scan_layout, choose_window, quadtree_gather,
+                       upstream_quadtree_sequences, window_scores)
 from .scan_orders import cross_merge, cross_scan, merge_sequences, quadtree_orders
 
 # Omnidirectional shift: odd blocks roll the map by (sign_h * H//8, sign_w * W//8); the
@@ -52,6 +53,9 @@ class SS2D(nn.Module):
         scan: ``'cross'`` or ``'quadtree'``.
         quadtree_grid: coarse windows per side of the quadtree (2: quadrants).
         quadtree_split: fine windows per side inside the chosen coarse window.
+        scan_layout: ``'quadtree'`` (a true permutation, scored after the shift) or
+            ``'upstream'`` (the released code's masked layout with its overlap, scored before
+            the shift) for the quadtree scan; see :func:`upstream_quadtree_sequences`.
         gumbel_tau: temperature of the Gumbel-Softmax window choice.
         scan_backend: selective-scan backend name or ``'auto'``.
         dt_min, dt_max, dt_init_floor: range of the initial step size (mamba's init).
@@ -65,6 +69,7 @@ class SS2D(nn.Module):
                  scan: str = 'cross',
                  quadtree_grid: int = 2,
                  quadtree_split: int = 2,
+                 scan_layout: str = 'quadtree',
                  gumbel_tau: float = 1.0,
                  scan_backend: str = 'auto',
                  dt_min: float = 0.001,
@@ -73,12 +78,13 @@ class SS2D(nn.Module):
         super().__init__()
         if scan not in ('cross', 'quadtree'):
             raise ValueError(f"scan must be 'cross' or 'quadtree', got {scan!r}")
+        check_scan_layout(scan_layout, quadtree_grid, quadtree_split)
         d_inner = int(ssm_ratio * dims)
         self.dt_rank = math.ceil(dims / 16) if dt_rank == 'auto' else int(dt_rank)
         self.d_inner, self.d_state, self.scan = d_inner, d_state, scan
         self.quadtree_grid, self.quadtree_split, self.gumbel_tau = (quadtree_grid,
                                                                     quadtree_split, gumbel_tau)
-        self.scan_backend = scan_backend
+        self.scan_layout, self.scan_backend = scan_layout, scan_backend
         k = 4 if scan == 'cross' else 2
         self.num_directions = k
 
@@ -115,18 +121,22 @@ class SS2D(nn.Module):
                 k * d_inner, 1))
         self.Ds.fill_(1.0)
 
-    def sequences(self, x: Tensor) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def sequences(self, x: Tensor, scored: Tensor) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The K scan sequences ``(B, K, D, L)`` of the map ``x`` ``(B, H, W, D)``, and the
-        function that merges the K scan outputs back into one ``(B, D, L)`` map."""
+        function that merges the K scan outputs back into one ``(B, D, L)`` map. The
+        quadtree's window choice is made from the token scores of ``scored``."""
         batch, height, width, dim = x.shape
         chw = x.permute(0, 3, 1, 2)
         if self.scan == 'cross':
             return cross_scan(chw), lambda y: cross_merge(y, height, width)
+        scores = window_scores(self.predictor(scored), self.quadtree_grid)
+        choice = choose_window(scores, self.training, self.gumbel_tau)
+        flat = chw.reshape(batch, dim, height * width)
+        if self.scan_layout == 'upstream':
+            return upstream_quadtree_sequences(flat, choice, height, width)
         orders, inverses = quadtree_orders(height, width, self.quadtree_grid,
                                            self.quadtree_split, x.device)
-        scores = window_scores(self.predictor(x), self.quadtree_grid)
-        choice = choose_window(scores, self.training, self.gumbel_tau)
-        xs = quadtree_gather(chw.reshape(batch, dim, height * width), choice, orders, inverses)
+        xs = quadtree_gather(flat, choice, orders, inverses)
         inverse = inverses[choice.argmax(-1)]
         return xs, lambda y: merge_sequences(y, inverse)
 
@@ -135,10 +145,13 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         x = self.in_proj(x)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        scored = x  # the released code scores the map before the shift...
         if shift is not None:
             x = torch.roll(x, shifts=shift, dims=(1, 2))
+            if self.scan_layout != 'upstream':  # ...we score the windows as they are scanned
+                scored = x
 
-        xs, merge = self.sequences(x)  # (B, K, D, L)
+        xs, merge = self.sequences(x, scored)  # (B, K, D, L)
         k, d, n, length = self.num_directions, self.d_inner, self.d_state, height * width
         x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
@@ -289,6 +302,9 @@ class QuadMamba(BaseModule):
         quadtree_stages: indices of the stages that use quadtree blocks. Default: ``(0, 1)``.
         quadtree_grid: coarse windows per side. Default: 2.
         quadtree_split: fine windows per side in the chosen coarse window. Default: 2.
+        scan_layout: ``'quadtree'`` (default: one true permutation) or ``'upstream'`` (the
+            released code's sequence layout, overlap included, for its checkpoints; needs
+            input sides divisible by 32). See the README.
         shift: omnidirectional shift on the odd blocks of quadtree stages. Default: True.
         gumbel_tau: Gumbel-Softmax temperature. Default: 1.0.
         scan_backend: selective-scan backend (``'auto'``, ``'chunked'``, ``'reference'``,
@@ -317,6 +333,7 @@ class QuadMamba(BaseModule):
                  quadtree_stages: Sequence[int] = (0, 1),
                  quadtree_grid: int = 2,
                  quadtree_split: int = 2,
+                 scan_layout: str = 'quadtree',
                  shift: bool = True,
                  gumbel_tau: float = 1.0,
                  scan_backend: str = 'auto',
@@ -333,6 +350,8 @@ class QuadMamba(BaseModule):
             raise ValueError(f'frozen_stages must be in [-1, {self.num_stages}], '
                              f'got {frozen_stages}')
         self.frozen_stages = frozen_stages
+        check_scan_layout(scan_layout, quadtree_grid, quadtree_split)
+        self.scan_layout = scan_layout
         if scan_backend != 'auto' and scan_backend not in available_backends():
             raise ValueError(f'unknown scan_backend {scan_backend!r}; choose one of '
                              f"{['auto'] + available_backends()}")
@@ -360,6 +379,7 @@ class QuadMamba(BaseModule):
                         scan='quadtree' if quadtree else 'cross',
                         quadtree_grid=quadtree_grid,
                         quadtree_split=quadtree_split,
+                        scan_layout=scan_layout,
                         gumbel_tau=gumbel_tau,
                         scan_backend=scan_backend))
                 block_index += 1
@@ -413,6 +433,10 @@ class QuadMamba(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'QuadMamba was built for {self.in_channels} input channels, '
                              f'got {x.shape[1]} (input shape {tuple(x.shape)})')
+        if self.scan_layout == 'upstream' and self.quadtree_stages and (x.shape[2] % 32 or
+                                                                        x.shape[3] % 32):
+            raise ValueError(f"scan_layout='upstream' needs input sides divisible by 32, got "
+                             f'{x.shape[2]}x{x.shape[3]}; the default layout takes any size')
         if min(x.shape[2:]) < self.min_input_size:
             raise ValueError(f'input size {x.shape[2]}x{x.shape[3]} is below the minimum '
                              f'{self.min_input_size}x{self.min_input_size} of this QuadMamba '

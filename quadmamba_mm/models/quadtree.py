@@ -13,7 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan_orders import coarse_window_ids, gather_sequences, merge_sequences
+from .scan_orders import coarse_window_ids, gather_sequences, merge_sequences, quadtree_orders
+
+SCAN_LAYOUTS = ('quadtree', 'upstream')
 
 
 class LocalityPredictor(nn.Module):
@@ -89,3 +91,43 @@ def quadtree_gather(x: Tensor, choice: Tensor, orders: Tensor, inverses: Tensor)
         ``(B, K, D, L)``; the order of sample b is ``orders[choice[b].argmax()]``.
     """
     return _QuadtreeGather.apply(x, choice, orders, inverses)
+
+
+def check_scan_layout(scan_layout: str, grid: int, split: int) -> None:
+    if scan_layout not in SCAN_LAYOUTS:
+        raise ValueError(f'unknown scan_layout {scan_layout!r}; choose one of {SCAN_LAYOUTS}')
+    if scan_layout == 'upstream' and (grid, split) != (2, 2):
+        raise ValueError("scan_layout='upstream' exists only for the paper's levels "
+                         f'(quadtree_grid=2, quadtree_split=2), got ({grid}, {split})')
+
+
+def upstream_quadtree_sequences(x: Tensor, choice: Tensor, height: int, width: int):
+    """The released code's quadtree layout, reproduced for its checkpoints.
+
+    With ``m`` the chosen quadrant's token mask, the sequence is
+    ``coarse(x * (1 - m)) + fine(x * m)``: ``coarse`` visits the 4 quadrants in raster order,
+    ``fine`` the whole 4x4 grid of fine windows in raster order (raster inside windows).
+    The chosen quadrant's fine windows therefore land on positions of another quadrant: in
+    every case 1/8 of the positions hold two tokens summed and 1/8 hold zeros. The outputs
+    are read back as ``fine^-1(y) * m + coarse^-1(y) * (1 - m)``. The mask multiplies on
+    both sides, as in the released code, so gradients reach ``choice`` the same way.
+
+    Args:
+        x: ``(B, D, L)`` row-major map; ``height`` and ``width`` must be multiples of 4.
+        choice: ``(B, 4)`` one-hot quadrant choice.
+
+    Returns:
+        ``(B, 2, D, L)`` sequences (forward and reversed) and the merge function.
+    """
+    if height % 4 or width % 4:
+        raise ValueError(f"scan_layout='upstream' needs maps divisible by 4, got {height}x{width}")
+    coarse, coarse_inv = (t[0, 0] for t in quadtree_orders(height, width, 2, 1, x.device))
+    fine, fine_inv = (t[0, 0] for t in quadtree_orders(height, width, 4, 1, x.device))
+    mask = choice[:, coarse_window_ids(height, width, 2).to(x.device)][:, None].to(x.dtype)
+    seq = (x * (1 - mask))[..., coarse] + (x * mask)[..., fine]
+
+    def merge(y: Tensor) -> Tensor:
+        y = y[:, 0] + y[:, 1].flip(-1)
+        return y[..., fine_inv] * mask + y[..., coarse_inv] * (1 - mask)
+
+    return torch.stack([seq, seq.flip(-1)], dim=1), merge

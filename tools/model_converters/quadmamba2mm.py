@@ -1,0 +1,55 @@
+"""Convert an upstream QuadMamba ImageNet checkpoint to this project's mmpretrain format.
+
+    python tools/model_converters/quadmamba2mm.py SRC DST [--ema]
+
+SRC: a checkpoint of the released code (a dict whose 'model' entry is the state dict, or a
+bare state dict). It is read with weights_only=True: its non-tensor objects (optimizer,
+config) are replaced by inert placeholders and no code from it runs. DST gets
+``{'state_dict': {'backbone.*', 'head.fc.*'}, 'meta': ...}``, which loads strictly into
+``configs/quadmamba/quadmamba-{arch}_8xb128_in1k.py`` and, through
+``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')``, into detection and
+segmentation backbones. Unknown, missing or mis-shaped keys fail the conversion, by name.
+The converted weights were trained with the released scan layout: use them with
+``scan_layout='upstream'`` to get the numbers the upstream code gives.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from quadmamba_mm.models import QuadMamba
+from quadmamba_mm.utils.upstream_checkpoint import (ConversionError, convert_upstream_state_dict,
+                                                    load_untrusted_checkpoint, upstream_state_dict)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='upstream checkpoint')
+    parser.add_argument('dst', help='where to write the mmpretrain checkpoint')
+    parser.add_argument('--ema', action='store_true', help="convert 'model_ema' instead of 'model'")
+    args = parser.parse_args(argv)
+    if not Path(args.src).is_file():
+        print(f'error: no checkpoint at {args.src}', file=sys.stderr)
+        return 1
+    checkpoint, replaced = load_untrusted_checkpoint(args.src)
+    if replaced:
+        print(f'ignored non-tensor objects of the checkpoint: {", ".join(replaced)}')
+    try:
+        state_dict, kwargs = convert_upstream_state_dict(upstream_state_dict(checkpoint, args.ema))
+    except ConversionError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    names = [n for n, a in QuadMamba.arch_settings.items()
+             if dict(a, depths=tuple(a['depths'])) == kwargs['arch']]
+    meta = dict(converted_from='VISION-SJTU/QuadMamba', source=Path(args.src).name,
+                arch=names[0] if names else kwargs['arch'], d_state=kwargs['d_state'],
+                scan_layout='upstream')
+    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'state_dict': state_dict, 'meta': meta}, args.dst)
+    print(f'wrote {len(state_dict)} tensors for QuadMamba arch {meta["arch"]} to {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
