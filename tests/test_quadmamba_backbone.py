@@ -122,6 +122,11 @@ def test_ablation_switches():
     stage1_only = tiny(quadtree_stages=(0, ))
     assert [b.op.scan for b in stage1_only.stages[1].blocks] == ['cross', 'cross']
     no_shift.eval()(torch.randn(1, 3, 64, 64))
+    fixed = tiny(quadtree_fixed_window=3)
+    assert not any(name.endswith('predictor') for name, _ in fixed.named_modules())
+    fixed.train()(torch.randn(1, 3, 64, 64))[0].mean().backward()
+    with pytest.raises(ValueError, match='fixed_window must index the 4 coarse windows'):
+        tiny(quadtree_fixed_window=4)
     tiny(quadtree_split=1).eval()(torch.randn(1, 3, 64, 64))
 
 

@@ -53,6 +53,8 @@ class SS2D(nn.Module):
         scan: ``'cross'`` or ``'quadtree'``.
         quadtree_grid: coarse windows per side of the quadtree (2: quadrants).
         quadtree_split: fine windows per side inside the chosen coarse window.
+        fixed_window: refine this coarse window (raster index) always, with no predictor
+            (an ablation); None learns the choice.
         scan_layout: ``'quadtree'`` (a true permutation, scored after the shift) or
             ``'upstream'`` (the released code's masked layout with its overlap, scored before
             the shift) for the quadtree scan; see :func:`upstream_quadtree_sequences`.
@@ -69,6 +71,7 @@ class SS2D(nn.Module):
                  scan: str = 'cross',
                  quadtree_grid: int = 2,
                  quadtree_split: int = 2,
+                 fixed_window: Optional[int] = None,
                  scan_layout: str = 'quadtree',
                  gumbel_tau: float = 1.0,
                  scan_backend: str = 'auto',
@@ -79,6 +82,10 @@ class SS2D(nn.Module):
         if scan not in ('cross', 'quadtree'):
             raise ValueError(f"scan must be 'cross' or 'quadtree', got {scan!r}")
         check_scan_layout(scan_layout, quadtree_grid, quadtree_split)
+        if fixed_window is not None and not 0 <= fixed_window < quadtree_grid**2:
+            raise ValueError(f'fixed_window must index the {quadtree_grid**2} coarse windows, '
+                             f'got {fixed_window}')
+        self.fixed_window = fixed_window
         d_inner = int(ssm_ratio * dims)
         self.dt_rank = math.ceil(dims / 16) if dt_rank == 'auto' else int(dt_rank)
         self.d_inner, self.d_state, self.scan = d_inner, d_state, scan
@@ -91,7 +98,8 @@ class SS2D(nn.Module):
         self.in_proj = nn.Linear(dims, d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False)
         self.act = nn.SiLU()
-        self.predictor = LocalityPredictor(d_inner) if scan == 'quadtree' else None
+        learned = scan == 'quadtree' and fixed_window is None
+        self.predictor = LocalityPredictor(d_inner) if learned else None
         self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
@@ -129,8 +137,12 @@ class SS2D(nn.Module):
         chw = x.permute(0, 3, 1, 2)
         if self.scan == 'cross':
             return cross_scan(chw), lambda y: cross_merge(y, height, width)
-        scores = window_scores(self.predictor(scored), self.quadtree_grid)
-        choice = choose_window(scores, self.training, self.gumbel_tau)
+        if self.predictor is None:  # fixed window: the same one-hot choice for every sample
+            choice = x.new_zeros(batch, self.quadtree_grid**2)
+            choice[:, self.fixed_window] = 1
+        else:
+            scores = window_scores(self.predictor(scored), self.quadtree_grid)
+            choice = choose_window(scores, self.training, self.gumbel_tau)
         flat = chw.reshape(batch, dim, height * width)
         if self.scan_layout == 'upstream':
             return upstream_quadtree_sequences(flat, choice, height, width)
@@ -302,6 +314,8 @@ class QuadMamba(BaseModule):
         quadtree_stages: indices of the stages that use quadtree blocks. Default: ``(0, 1)``.
         quadtree_grid: coarse windows per side. Default: 2.
         quadtree_split: fine windows per side in the chosen coarse window. Default: 2.
+        quadtree_fixed_window: always refine this coarse window, without locality
+            predictors (ablation). Default: None (learned).
         scan_layout: ``'quadtree'`` (default: one true permutation) or ``'upstream'`` (the
             released code's sequence layout, overlap included, for its checkpoints; needs
             input sides divisible by 32). See the README.
@@ -333,6 +347,7 @@ class QuadMamba(BaseModule):
                  quadtree_stages: Sequence[int] = (0, 1),
                  quadtree_grid: int = 2,
                  quadtree_split: int = 2,
+                 quadtree_fixed_window: Optional[int] = None,
                  scan_layout: str = 'quadtree',
                  shift: bool = True,
                  gumbel_tau: float = 1.0,
@@ -379,6 +394,7 @@ class QuadMamba(BaseModule):
                         scan='quadtree' if quadtree else 'cross',
                         quadtree_grid=quadtree_grid,
                         quadtree_split=quadtree_split,
+                        fixed_window=quadtree_fixed_window,
                         scan_layout=scan_layout,
                         gumbel_tau=gumbel_tau,
                         scan_backend=scan_backend))

@@ -19,3 +19,14 @@ def build_model(cfg: Config) -> nn.Module:
     """Build ``cfg.model`` in its toolbox's scope (the toolbox registers itself lazily)."""
     init_default_scope(toolbox_of(cfg))
     return MODELS.build(cfg.model)
+
+
+def dummy_data_samples(cfg: Config, height: int, width: int):
+    """Data samples for a ``mode='tensor'`` forward on a bare image tensor: detectors need
+    image metadata, classifiers and segmentors need none (None)."""
+    if toolbox_of(cfg) != 'mmdet':
+        return None
+    from mmdet.structures import DetDataSample
+    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
+                scale_factor=(1., 1.), batch_input_shape=(height, width))
+    return [DetDataSample(metainfo=meta)]

@@ -11,7 +11,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from quadmamba_mm.utils.complexity import count_params_and_flops
-from quadmamba_mm.utils.toolbox import build_model, toolbox_of
+from quadmamba_mm.utils.toolbox import build_model, dummy_data_samples
 
 
 class TensorMode(torch.nn.Module):
@@ -23,13 +23,6 @@ class TensorMode(torch.nn.Module):
 
     def forward(self, inputs):
         return self.model(inputs, self.data_samples, mode='tensor')
-
-
-def detection_samples(height: int, width: int):
-    from mmdet.structures import DetDataSample
-    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
-                scale_factor=(1., 1.), batch_input_shape=(height, width))
-    return [DetDataSample(metainfo=meta)]
 
 
 def parse_args():
@@ -51,7 +44,7 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     model = build_model(cfg).eval()
-    samples = detection_samples(height, width) if toolbox_of(cfg) == 'mmdet' else None
+    samples = dummy_data_samples(cfg, height, width)
     inputs = (torch.randn(1, 3, height, width), )
     rows = [('model', TensorMode(model, samples)), ('backbone', model.backbone)]
     print(f'config: {args.config}\ninput: 1x3x{height}x{width}')
