@@ -30,6 +30,8 @@ def history_buffer_statistic(owner, name: str):
     methods and refuses everything else.
     """
     from mmengine.logging import HistoryBuffer
+    if not HistoryBuffer._statistics_methods:  # filled by the first HistoryBuffer created
+        HistoryBuffer()
     if owner is HistoryBuffer and name in HistoryBuffer._statistics_methods:
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(

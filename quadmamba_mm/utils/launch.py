@@ -1,0 +1,43 @@
+"""Helpers for tools/train.py and tools/test.py: CPU multi-process start, checkpoint checks."""
+import os
+import pickle
+import zipfile
+
+import torch
+import torch.distributed as dist
+
+
+def init_cpu_distributed(cfg, launcher: str) -> None:
+    """Start a gloo process group for a multi-process run without GPUs.
+
+    mmengine's own start-up calls ``torch.cuda.set_device`` and its default DDP wrapper passes
+    ``device_ids=[LOCAL_RANK]``; both fail on a machine with no GPU. With a group already
+    started and a wrapper config without device ids, the Runner runs DDP on the CPU.
+    """
+    if launcher == 'slurm':  # map Slurm's variables to the ones torch.distributed reads
+        os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
+        os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
+        os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
+        os.environ.setdefault('MASTER_PORT', os.environ.get('PORT', '29500'))
+        if 'MASTER_ADDR' not in os.environ:
+            raise SystemExit('launcher slurm without GPUs: set MASTER_ADDR to the first node')
+    elif launcher != 'pytorch':
+        raise SystemExit(f'launcher {launcher!r} needs GPUs; on CPUs use pytorch (torchrun) '
+                         'or slurm')
+    cfg.setdefault('model_wrapper_cfg', dict(
+        type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False)))
+    dist.init_process_group(backend='gloo')
+
+
+def check_checkpoint(path: str) -> None:
+    """Exit with a clear message when ``path`` is not a readable torch checkpoint."""
+    if not os.path.isfile(path):
+        raise SystemExit(f'checkpoint not found: {path}')
+    if not zipfile.is_zipfile(path):
+        raise SystemExit(f'{path} is not a torch checkpoint (not a zip archive: truncated or '
+                         'corrupt?)')
+    try:
+        torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        raise SystemExit(f'cannot read checkpoint {path}: {error}') from None
