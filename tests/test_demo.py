@@ -74,6 +74,20 @@ def test_demo_config_trains_and_evaluates(tmp_path, data, config):
     log = result.stdout + result.stderr
     assert any(key in log for key in ('coco/bbox_mAP', 'mIoU', 'accuracy/top1')), log[-2000:]
 
+    # The trained checkpoint through the inference tool, on a folder of images.
+    checkpoint = (tmp_path / 'last_checkpoint').read_text().strip()
+    images = {'mask-rcnn': data / 'coco' / 'val', 'upernet': data / 'ade' / 'images' / 'validation',
+              'quadmamba-li': data / 'imagenet' / 'val' / 'circle'}[config.split('_')[0]]
+    result = subprocess.run(
+        [sys.executable, 'tools/inference.py', str(DEMO / config), checkpoint, str(images),
+         '--out-dir', str(tmp_path / 'inference')],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    count = len([p for p in images.iterdir() if p.is_file()])
+    assert f'{count} images; outputs in' in result.stdout
+    assert len(list((tmp_path / 'inference').rglob('*.png')) +
+               list((tmp_path / 'inference').rglob('*.jpg'))) >= count
+
 
 def test_visualize_quadtree_tool(tmp_path, data):
     image = sorted((data / 'coco' / 'val').glob('*.png'))[0]

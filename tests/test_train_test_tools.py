@@ -3,6 +3,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -94,6 +95,46 @@ def test_corrupt_or_missing_checkpoint_gives_a_clear_error(setup):
     assert result.returncode != 0 and 'is not a torch checkpoint' in result.stderr
     result = run(sys.executable, 'tools/test.py', config, tmp / 'missing.pth')
     assert result.returncode != 0 and 'checkpoint not found' in result.stderr
+
+
+def test_mismatched_checkpoint_is_refused_by_name(setup, tmp_path):
+    _, config = setup
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'backbone.unknown.weight': torch.zeros(1)}, 'meta': {}}, other)
+    result = run(sys.executable, 'tools/train.py', config, '--work-dir', tmp_path / 'w',
+                 '--resume', other)
+    assert result.returncode != 0
+    assert 'does not match the model' in result.stderr
+    assert 'backbone.unknown.weight' in result.stderr
+
+
+def test_killed_run_resumes_at_the_right_iteration(setup, tmp_path):
+    """SIGKILL a run after its first checkpoint; --resume continues from that epoch."""
+    _, config = setup
+    work = tmp_path / 'killed'
+    args = [sys.executable, 'tools/train.py', str(config), '--work-dir', str(work),
+            '--cfg-options', 'train_cfg.max_epochs=20']
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (work / 'epoch_1.pth').exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # let the checkpoint file be complete
+    finally:
+        process.kill()
+        process.wait()
+    assert (work / 'epoch_1.pth').exists()
+    done = sorted(work.glob('epoch_*.pth'), key=lambda p: int(p.stem.split('_')[1]))
+    last = int(done[-1].stem.split('_')[1])
+    assert last < 20, 'the run finished before it was killed'
+
+    result = run(sys.executable, 'tools/train.py', config, '--work-dir', work, '--resume',
+                 '--cfg-options', f'train_cfg.max_epochs={last + 1}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(work / f'epoch_{last + 1}.pth', weights_only=True)
+    assert checkpoint['meta']['epoch'] == last + 1
+    assert checkpoint['meta']['iter'] == 4 * (last + 1)  # 4 iterations per epoch
 
 
 def test_dist_train_two_processes_on_cpu(setup):

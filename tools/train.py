@@ -15,9 +15,10 @@ import os.path as osp
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
-from quadmamba_mm.utils.launch import check_checkpoint, init_cpu_distributed
+from quadmamba_mm.utils.launch import (check_checkpoint, check_resume_matches,
+                                       init_cpu_distributed)
 from quadmamba_mm.utils.toolbox import toolbox_of
 
 
@@ -72,6 +73,10 @@ def main():
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
+    if cfg.get('resume'):
+        checkpoint = cfg.load_from or find_latest_checkpoint(cfg.work_dir)
+        if checkpoint:  # none yet: mmengine starts from scratch, as usual
+            check_resume_matches(runner.model, checkpoint)
     runner.train()
 
 

@@ -41,3 +41,26 @@ def check_checkpoint(path: str) -> None:
         torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
         raise SystemExit(f'cannot read checkpoint {path}: {error}') from None
+
+
+def check_resume_matches(model: torch.nn.Module, path: str) -> None:
+    """Exit with the differing keys when a checkpoint to resume from does not fit ``model``.
+
+    mmengine resumes non-strictly (mismatches are only logged), which would continue a
+    different model from a half-loaded state.
+    """
+    check_checkpoint(path)
+    saved = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    saved = saved.get('state_dict', saved)
+    model = getattr(model, 'module', model)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    wrong = [f'{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(expected[k])} in the model'
+             for k in sorted(set(saved) & set(expected)) if saved[k].shape != expected[k]]
+    if missing or unexpected or wrong:
+        def head(keys):
+            return f'{keys[:5]}{" ..." if len(keys) > 5 else ""} ({len(keys)})'
+        raise SystemExit(f'cannot resume from {path}: it does not match the model of this config. '
+                         f'missing {head(missing)}, unexpected {head(unexpected)}, '
+                         f'wrong shapes {head(wrong)}')
