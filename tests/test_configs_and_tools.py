@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
 
 from quadmamba_mm.utils.toolbox import build_model, dummy_data_samples
 
@@ -28,6 +29,14 @@ def test_config_builds_and_runs_a_forward(config):
         out = model(torch.randn(1, 3, 64, 64), dummy_data_samples(cfg, 64, 64), mode='tensor')
     tensors = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
     assert tensors and all(torch.isfinite(t).all() for t in tensors)
+
+    # The optimizer the config builds: no weight decay on A_logs, Ds, norms and biases.
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    decay = {id(g['params'][0]): g['weight_decay'] for g in optimizer.param_groups}
+    base_decay = cfg.optim_wrapper.optimizer.weight_decay
+    for name, param in model.backbone.named_parameters():
+        exempt = name.endswith(('.A_logs', '.Ds', '.bias')) or param.dim() == 1
+        assert decay[id(param)] == (0. if exempt else base_decay), name
 
 
 def test_get_flops_prints_the_paper_numbers():

@@ -147,3 +147,26 @@ def test_dist_train_two_processes_on_cpu(setup):
     # mmengine's environment report ("GPU number" counts processes, whatever the device).
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
     assert (work / 'epoch_1.pth').exists()
+
+    result = run('bash', 'tools/dist_test.sh', config, work / 'epoch_1.pth', 2, '--work-dir',
+                 tmp / 'dist_test', env=dict(PYTHON=sys.executable, PORT=free_port()))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'accuracy/top1' in result.stdout + result.stderr
+
+
+def test_slurm_scripts_build_the_srun_command(tmp_path):
+    """No Slurm here: a stand-in srun records the command the scripts build."""
+    (tmp_path / 'srun').write_text('#!/usr/bin/env bash\necho "$@" > "$SRUN_LOG"\n')
+    (tmp_path / 'srun').chmod(0o755)
+    env = dict(PATH=f'{tmp_path}:{os.environ["PATH"]}', SRUN_LOG=str(tmp_path / 'log'), GPUS='16')
+    assert run('bash', 'tools/slurm_train.sh', 'gpu', 'job1', 'cfg.py', 'wd', '--amp',
+               env=env).returncode == 0
+    train = (tmp_path / 'log').read_text().split()
+    assert train[:3] == ['-p', 'gpu', '--job-name=job1'] and '--ntasks=16' in train
+    assert train[-4:] == ['cfg.py', '--work-dir=wd', '--launcher=slurm', '--amp']
+    assert train[-5].endswith('tools/train.py')
+    assert run('bash', 'tools/slurm_test.sh', 'gpu', 'job2', 'cfg.py', 'ck.pth', env=env
+               ).returncode == 0
+    test = (tmp_path / 'log').read_text().split()
+    assert test[-4].endswith('tools/test.py') and test[-3:] == ['cfg.py', 'ck.pth',
+                                                                '--launcher=slurm']

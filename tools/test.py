@@ -9,14 +9,13 @@ predictions, ``--out`` dumps the raw predictions; ``--tta`` uses the config's ``
 and ``tta_pipeline``.
 """
 import argparse
-import os
-import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
-from quadmamba_mm.utils.launch import check_checkpoint, init_cpu_distributed
+from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, init_cpu_distributed,
+                                       load_config)
 from quadmamba_mm.utils.toolbox import toolbox_of
 
 
@@ -24,20 +23,13 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='where to save the evaluation results')
     parser.add_argument('--out', help='dump predictions to this pickle file')
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
     parser.add_argument('--show-dir', help='save drawn predictions in this folder')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds per shown image')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(parser)
+    return parser.parse_args()
 
 
 def enable_visualization(cfg: Config, toolbox: str, args) -> None:
@@ -59,13 +51,8 @@ def enable_visualization(cfg: Config, toolbox: str, args) -> None:
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args)
     toolbox = toolbox_of(cfg)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
     check_checkpoint(args.checkpoint)
     cfg.load_from = args.checkpoint
 

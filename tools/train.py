@@ -10,22 +10,17 @@ the work dir; ``--resume CKPT`` from that file. Multi-process runs come from
 talk over gloo on the CPU, with GPUs over NCCL.
 """
 import argparse
-import os
-import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
 from mmengine.runner import Runner, find_latest_checkpoint
 
-from quadmamba_mm.utils.launch import (check_checkpoint, check_resume_matches,
-                                       init_cpu_distributed)
-from quadmamba_mm.utils.toolbox import toolbox_of
+from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, check_resume_matches,
+                                       init_cpu_distributed, load_config)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='where to save logs and checkpoints')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the LR by the actual batch size (needs auto_scale_lr)')
@@ -34,27 +29,13 @@ def parse_args():
                         'in the work dir')
     parser.add_argument('--no-validate', action='store_true',
                         help='do not evaluate checkpoints during training')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    # torch.distributed.launch passes --local_rank; torchrun sets LOCAL_RANK.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_common_args(parser)
+    return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    toolbox_of(cfg)  # fail early on a config of no known toolbox
-
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')

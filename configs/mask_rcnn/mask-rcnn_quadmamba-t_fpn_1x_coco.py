@@ -1,6 +1,8 @@
 # Mask R-CNN with QuadMamba-T on COCO, 1x (12 epochs), 8 GPUs x 2 images: mmdet's Swin recipe
 # (AdamW lr 1e-4, weight decay 0.05), as VMamba and QuadMamba use.
-_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
+_base_ = [
+    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '../_base_/quadmamba_no_decay.py'
+]
 custom_imports = dict(imports=['quadmamba_mm'], allow_failed_imports=False)
 
 # An ImageNet checkpoint of the same arch: trained with configs/quadmamba/, or converted from
@@ -20,11 +22,4 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        flat_decay_mult=0.,
-        custom_keys={
-            '.A_logs': dict(decay_mult=0.),
-            '.Ds': dict(decay_mult=0.)
-        }))
+    paramwise_cfg={{_base_.quadmamba_paramwise_cfg}})

@@ -6,6 +6,7 @@ _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
+    '../_base_/quadmamba_no_decay.py',
 ]
 
 train_dataloader = dict(batch_size=128)
@@ -14,12 +15,4 @@ test_dataloader = val_dataloader
 
 # No weight decay on norms, biases and the state-space parameters A_logs and Ds.
 optim_wrapper = dict(
-    paramwise_cfg=dict(
-        _delete_=True,
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        flat_decay_mult=0.,
-        custom_keys={
-            '.A_logs': dict(decay_mult=0.),
-            '.Ds': dict(decay_mult=0.)
-        }))
+    paramwise_cfg={{_base_.quadmamba_paramwise_cfg}})

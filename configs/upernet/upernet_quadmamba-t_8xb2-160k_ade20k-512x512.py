@@ -2,7 +2,8 @@
 # mmseg's Swin recipe (AdamW lr 6e-5, weight decay 0.01, linear warm-up, poly decay).
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
+    '../_base_/quadmamba_no_decay.py'
 ]
 custom_imports = dict(imports=['quadmamba_mm'], allow_failed_imports=False)
 
@@ -25,14 +26,7 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        bias_decay_mult=0.,
-        flat_decay_mult=0.,
-        custom_keys={
-            '.A_logs': dict(decay_mult=0.),
-            '.Ds': dict(decay_mult=0.)
-        }))
+    paramwise_cfg={{_base_.quadmamba_paramwise_cfg}})
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False)
