@@ -73,11 +73,13 @@ def linear_scan_(dA: Tensor, b: Tensor, max_abs_dA: float) -> Tensor:
     return b
 
 
-def _discretize(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
-    delta = delta.float()
+def _discretize(delta: Tensor, delta_bias: Optional[Tensor],
+                delta_softplus: bool) -> Tuple[Tensor, Tensor]:
+    """``(delta + bias, step)`` in fp32, the step being the softplus of the first if asked."""
+    raw = delta.float()
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    return F.softplus(delta) if delta_softplus else delta
+        raw = raw + delta_bias.float()[:, None]
+    return raw, (F.softplus(raw) if delta_softplus else raw)
 
 
 def _max_abs_dA(delta: Tensor, A: Tensor, positive: bool) -> float:
@@ -116,8 +118,8 @@ def selective_scan_chunked(u: Tensor,
     differentiable by autograd: :func:`selective_scan_chunked_backward` is its backward."""
     u, A, B, C = (t.float() for t in (u, A, B, C))
     batch, channels, length = u.shape
-    groups, n_state = B.shape[1], B.shape[2]
-    delta = _discretize(delta, delta_bias, delta_softplus)
+    n_state = B.shape[2]
+    _, delta = _discretize(delta, delta_bias, delta_softplus)
     h, _ = _states(delta, u, A, B, _max_abs_dA(delta, A, delta_softplus))
     h = h.mul_(C[:, :, None])
     y = (h.squeeze(3) if n_state == 1 else h.sum(3)).view(batch, channels, length)
@@ -140,8 +142,7 @@ def selective_scan_chunked_backward(grad_y: Tensor, u: Tensor, delta: Tensor, A:
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], B.shape[2]
     dim = channels // groups
-    raw_delta = delta.float() + (delta_bias.float()[:, None] if delta_bias is not None else 0)
-    delta = F.softplus(raw_delta) if delta_softplus else raw_delta
+    raw_delta, delta = _discretize(delta, delta_bias, delta_softplus)
     max_abs = _max_abs_dA(delta, A, delta_softplus)
     h, b = _states(delta, u, A, B, max_abs, keep_b=True)
 

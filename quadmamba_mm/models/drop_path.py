@@ -1,5 +1,4 @@
 """Stochastic depth."""
-import torch
 import torch.nn as nn
 from torch import Tensor
 

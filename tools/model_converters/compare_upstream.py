@@ -14,7 +14,6 @@ suite because it needs the upstream code.
 import argparse
 import importlib
 import sys
-import tempfile
 import types
 from pathlib import Path
 
