@@ -1,9 +1,9 @@
 """Checkpoints load with weights_only on: Runner resume works, a crafted pickle is refused."""
-import os
 import pickle
 
 import pytest
 import torch
+from malicious import RunsCode
 from mmengine.model import BaseModel
 from mmengine.runner import Runner, load_checkpoint
 from torch.utils.data import Dataset
@@ -12,20 +12,12 @@ import quadmamba_mm  # noqa: F401  (allow-lists the Runner's checkpoint types)
 from quadmamba_mm.utils.safe_load import runner_checkpoint_types
 
 
-class CodeOnLoad:
-    """Unpickling this calls os.system: what a malicious checkpoint would do."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
 
 
 def test_crafted_checkpoint_is_refused_and_runs_no_code(tmp_path):
     marker = tmp_path / 'code-ran'
     path = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': CodeOnLoad(marker)}, path)
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': RunsCode(marker)}, path)
     with pytest.raises(pickle.UnpicklingError, match='system'):
         load_checkpoint(torch.nn.Linear(1, 1), str(path))
     assert not marker.exists()

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from quadmamba_mm.models.quadtree import choose_window, quadtree_gather, window_scores
-from quadmamba_mm.models.scan_orders import (cross_merge, cross_scan, cross_scan_orders,
+from quadmamba_mm.models.scan_orders import (coarse_window_ids, cross_merge, cross_scan,
+                                             cross_scan_orders,
                                              gather_sequences, merge_sequences, quadtree_orders,
                                              split_bounds)
 
@@ -124,3 +125,10 @@ def test_choice_is_deterministic_in_eval_and_stochastic_in_training():
     torch.manual_seed(0)
     picked = choose_window(scores, training=True).argmax(-1)
     assert len(picked.unique()) > 1
+
+
+def test_orders_are_built_once_per_size_and_device():
+    """The forward pass reuses the cached index tensors: no rebuild, no copy per call."""
+    first = quadtree_orders(12, 12, device='cpu')
+    assert all(a is b for a, b in zip(first, quadtree_orders(12, 12, device=torch.device('cpu'))))
+    assert coarse_window_ids(12, 12, 2, 'cpu') is coarse_window_ids(12, 12, 2)

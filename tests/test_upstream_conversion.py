@@ -1,5 +1,4 @@
 """Upstream checkpoints convert and load strictly; bad ones fail by name; none runs code."""
-import os
 import re
 import subprocess
 import sys
@@ -7,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from malicious import RunsCode
 from mmengine.config import Config
 
 from quadmamba_mm.models import QuadMamba
@@ -97,13 +97,6 @@ def test_converter_reports_failure_and_missing_file(tmp_path):
     assert result.returncode == 1 and 'no checkpoint at' in result.stderr
 
 
-class RunsCode:
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}', ))
 
 
 def test_untrusted_checkpoint_runs_no_code(tmp_path):

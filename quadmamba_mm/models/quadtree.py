@@ -42,7 +42,7 @@ class LocalityPredictor(nn.Module):
 def window_scores(token_scores: Tensor, grid: int) -> Tensor:
     """``(B, H, W)`` token scores -> ``(B, g*g)`` mean score of each coarse window."""
     batch, height, width = token_scores.shape
-    ids = coarse_window_ids(height, width, grid).to(token_scores.device)
+    ids = coarse_window_ids(height, width, grid, token_scores.device)
     sums = token_scores.new_zeros(batch, grid * grid).index_add_(1, ids, token_scores.flatten(1))
     counts = torch.bincount(ids, minlength=grid * grid).to(sums.dtype)
     return sums / counts
@@ -123,7 +123,7 @@ def upstream_quadtree_sequences(x: Tensor, choice: Tensor, height: int, width: i
         raise ValueError(f"scan_layout='upstream' needs maps divisible by 4, got {height}x{width}")
     coarse, coarse_inv = (t[0, 0] for t in quadtree_orders(height, width, 2, 1, x.device))
     fine, fine_inv = (t[0, 0] for t in quadtree_orders(height, width, 4, 1, x.device))
-    mask = choice[:, coarse_window_ids(height, width, 2).to(x.device)][:, None].to(x.dtype)
+    mask = choice[:, coarse_window_ids(height, width, 2, x.device)][:, None].to(x.dtype)
     seq = (x * (1 - mask))[..., coarse] + (x * mask)[..., fine]
 
     def merge(y: Tensor) -> Tensor:

@@ -47,11 +47,27 @@ def with_inverse(order: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 @lru_cache(maxsize=None)
-def coarse_window_ids(height: int, width: int, grid: int) -> Tensor:
-    """``(H*W,)`` index of the coarse window each token belongs to, ``g*g`` windows."""
+def _on_device(builder, args: tuple, device: str):
+    """``builder(*args)`` (cached on the CPU) as tensors on ``device``, cached there too: a
+    forward pass never copies index tensors to its device again."""
+    built = builder(*args)
+    return tuple(t.to(device) for t in built) if isinstance(built, tuple) else built.to(device)
+
+
+def _cached(builder, *args, device=None):
+    return _on_device(builder, args, str(torch.device('cpu' if device is None else device)))
+
+
+@lru_cache(maxsize=None)
+def _coarse_window_ids(height: int, width: int, grid: int) -> Tensor:
     rows = _band_index(height, split_bounds(0, height, grid))
     cols = _band_index(width, split_bounds(0, width, grid))
     return (rows[:, None] * grid + cols[None, :]).flatten()
+
+
+def coarse_window_ids(height: int, width: int, grid: int, device=None) -> Tensor:
+    """``(H*W,)`` index of the coarse window each token belongs to, ``g*g`` windows."""
+    return _cached(_coarse_window_ids, height, width, grid, device=device)
 
 
 @lru_cache(maxsize=None)
@@ -64,13 +80,13 @@ def _cross_scan_orders(height: int, width: int) -> Tuple[Tensor, Tensor]:
 
 def cross_scan_orders(height: int, width: int, device=None) -> Tuple[Tensor, Tensor]:
     """``(order, inverse)`` of shape ``(1, 4, H*W)``: the 4 VMamba cross-scan directions."""
-    return tuple(t.to(device) for t in _cross_scan_orders(height, width))
+    return _cached(_cross_scan_orders, height, width, device=device)
 
 
 @lru_cache(maxsize=None)
 def _quadtree_orders(height: int, width: int, grid: int, split: int) -> Tuple[Tensor, Tensor]:
     rows_bounds, cols_bounds = split_bounds(0, height, grid), split_bounds(0, width, grid)
-    coarse = coarse_window_ids(height, width, grid).view(height, width)
+    coarse = _coarse_window_ids(height, width, grid).view(height, width)
     row = torch.arange(height)[:, None].expand(height, width)
     col = torch.arange(width)[None, :].expand(height, width)
     orders = []
@@ -101,7 +117,7 @@ def quadtree_orders(height: int, width: int, grid: int = 2, split: int = 2,
         raise ValueError(f'a {height}x{width} map is too small for a quadtree of {grid}x{grid} '
                          f'coarse windows split {split}x{split}: each side needs at least '
                          f'{grid * split} tokens')
-    return tuple(t.to(device) for t in _quadtree_orders(height, width, grid, split))
+    return _cached(_quadtree_orders, height, width, grid, split, device=device)
 
 
 def cross_scan(x: Tensor) -> Tensor:
