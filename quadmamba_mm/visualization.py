@@ -10,6 +10,16 @@ from .models.quadtree import window_scores
 from .models.scan_orders import split_bounds
 
 
+def backbone_input(image: np.ndarray, preprocessor: dict) -> torch.Tensor:
+    """BGR image -> normalised ``(1, 3, H, W)`` tensor, as the config's data preprocessor
+    normalises (without its batch padding, so maps line up with the image)."""
+    if preprocessor.get('bgr_to_rgb') or preprocessor.get('to_rgb'):
+        image = image[..., ::-1]
+    mean = np.array(preprocessor.get('mean', [0., 0., 0.]), np.float32)
+    std = np.array(preprocessor.get('std', [1., 1., 1.]), np.float32)
+    return torch.from_numpy(((image - mean) / std).transpose(2, 0, 1).copy())[None].float()
+
+
 @torch.no_grad()
 def quadtree_partitions(backbone: QuadMamba, inputs: torch.Tensor) -> List[Dict]:
     """Run ``backbone`` (eval) on ``inputs`` (1, 3, H, W) and return, per quadtree block with a
@@ -23,11 +33,7 @@ def quadtree_partitions(backbone: QuadMamba, inputs: torch.Tensor) -> List[Dict]
                 continue
 
             def hook(module, args, output, i=i, j=j, block=block):
-                height, width = output.shape[1:]
-                shift = (0, 0)
-                if block.shift_direction is not None:
-                    shift = (block.shift_direction[0] * (height // 8),
-                             block.shift_direction[1] * (width // 8))
+                shift = block.shift(*output.shape[1:]) or (0, 0)
                 grid = block.op.quadtree_grid
                 records.append(dict(
                     stage=i, block=j, grid=grid, split=block.op.quadtree_split, shift=shift,

@@ -17,7 +17,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from quadmamba_mm.datasets import make_all
-from quadmamba_mm.visualization import draw_all_partitions, quadtree_partitions
+from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
+                                        quadtree_partitions)
 
 CONFIG = 'configs/demo/mask-rcnn_quadmamba-li_fpn_shapes.py'
 METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50')
@@ -36,12 +37,10 @@ def visualize(runner: Runner, data_root: Path, out_dir: Path, count: int = 4) ->
     inferencer = DetInferencer(model=CONFIG, weights=checkpoint.read_text().strip(),
                                device='cpu', show_progress=False)
     inferencer([str(p) for p in images], out_dir=str(out_dir), no_save_pred=True)
-    model = runner.model
+    preprocessor = runner.cfg.model.data_preprocessor
     for path in images:
         image = cv2.imread(str(path))
-        inputs = model.data_preprocessor({'inputs': [runner.test_dataloader.dataset.pipeline(
-            dict(img_path=str(path), img_id=0))['inputs']]}, False)['inputs']
-        records = quadtree_partitions(model.backbone, inputs)
+        records = quadtree_partitions(runner.model.backbone, backbone_input(image, preprocessor))
         cv2.imwrite(str(out_dir / f'{path.stem}_quadtree.png'), draw_all_partitions(image, records))
 
 

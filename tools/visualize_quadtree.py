@@ -10,22 +10,12 @@ import argparse
 from pathlib import Path
 
 import cv2
-import numpy as np
-import torch
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 from quadmamba_mm.utils.toolbox import build_model
-from quadmamba_mm.visualization import draw_all_partitions, quadtree_partitions
-
-
-def to_input(image: np.ndarray, preprocessor: dict) -> torch.Tensor:
-    """BGR image -> normalised (1, 3, H, W) tensor, as the config's data preprocessor does."""
-    if preprocessor.get('bgr_to_rgb') or preprocessor.get('to_rgb'):
-        image = image[..., ::-1]
-    mean = np.array(preprocessor.get('mean', [0., 0., 0.]), np.float32)
-    std = np.array(preprocessor.get('std', [1., 1., 1.]), np.float32)
-    return torch.from_numpy(((image - mean) / std).transpose(2, 0, 1).copy())[None].float()
+from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
+                                        quadtree_partitions)
 
 
 def main():
@@ -46,7 +36,7 @@ def main():
         image = cv2.imread(path)
         if image is None:
             raise SystemExit(f'cannot read image {path}')
-        records = quadtree_partitions(model.backbone, to_input(image, preprocessor))
+        records = quadtree_partitions(model.backbone, backbone_input(image, preprocessor))
         out = out_dir / f'{Path(path).stem}_quadtree.png'
         cv2.imwrite(str(out), draw_all_partitions(image, records))
         print(f'{path}: {len(records)} quadtree blocks -> {out}')

@@ -218,13 +218,16 @@ class QuadMambaBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dims)
         self.mlp = Mlp(dims, int(dims * mlp_ratio))
 
+    def shift(self, height: int, width: int) -> Optional[Tuple[int, int]]:
+        """The roll this block applies around its scan on a ``height x width`` map."""
+        if self.shift_direction is None:
+            return None
+        sign_h, sign_w = self.shift_direction
+        return sign_h * (height // 8), sign_w * (width // 8)
+
     def forward(self, x: Tensor) -> Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        shift = None
-        if self.shift_direction is not None:
-            sign_h, sign_w = self.shift_direction
-            shift = (sign_h * (x.shape[1] // 8), sign_w * (x.shape[2] // 8))
-        x = x + self.drop_path(self.op(self.norm(x), shift))
+        x = x + self.drop_path(self.op(self.norm(x), self.shift(x.shape[1], x.shape[2])))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
