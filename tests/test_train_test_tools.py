@@ -109,7 +109,7 @@ def test_mismatched_checkpoint_is_refused_by_name(setup, tmp_path):
 
 
 def test_killed_run_resumes_at_the_right_iteration(setup, tmp_path):
-    """SIGKILL a run after its first checkpoint; --resume continues from that epoch."""
+    """SIGKILL a run after its first checkpoint; --resume continues from the last complete one."""
     _, config = setup
     work = tmp_path / 'killed'
     args = [sys.executable, 'tools/train.py', str(config), '--work-dir', str(work),
@@ -128,10 +128,15 @@ def test_killed_run_resumes_at_the_right_iteration(setup, tmp_path):
     done = sorted(work.glob('epoch_*.pth'), key=lambda p: int(p.stem.split('_')[1]))
     last = int(done[-1].stem.split('_')[1])
     assert last < 20, 'the run finished before it was killed'
+    # The worst moment to be killed: while saving the next checkpoint (truncated file) and
+    # after the pointer file was opened but before it was written (empty pointer).
+    (work / f'epoch_{last + 1}.pth').write_bytes(done[-1].read_bytes()[:1000])
+    (work / 'last_checkpoint').write_text('')
 
     result = run(sys.executable, 'tools/train.py', config, '--work-dir', work, '--resume',
                  '--cfg-options', f'train_cfg.max_epochs={last + 1}')
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f'resuming from {done[-1]}' in result.stdout + result.stderr
     checkpoint = torch.load(work / f'epoch_{last + 1}.pth', weights_only=True)
     assert checkpoint['meta']['epoch'] == last + 1
     assert checkpoint['meta']['iter'] == 4 * (last + 1)  # 4 iterations per epoch

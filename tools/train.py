@@ -12,10 +12,11 @@ talk over gloo on the CPU, with GPUs over NCCL.
 import argparse
 
 import torch
-from mmengine.runner import Runner, find_latest_checkpoint
+from mmengine.runner import Runner
 
 from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, check_resume_matches,
-                                       init_cpu_distributed, load_config)
+                                       init_cpu_distributed, latest_complete_checkpoint,
+                                       load_config)
 
 
 def parse_args():
@@ -43,8 +44,9 @@ def main():
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+    if args.resume == 'auto':  # none saved yet: start from scratch, as mmengine does
+        cfg.load_from = latest_complete_checkpoint(cfg.work_dir)
+        cfg.resume = cfg.load_from is not None
     elif args.resume is not None:
         check_checkpoint(args.resume)
         cfg.resume, cfg.load_from = True, args.resume
@@ -54,10 +56,8 @@ def main():
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
-    if cfg.get('resume'):
-        checkpoint = cfg.load_from or find_latest_checkpoint(cfg.work_dir)
-        if checkpoint:  # none yet: mmengine starts from scratch, as usual
-            check_resume_matches(runner.model, checkpoint)
+    if cfg.get('resume') and cfg.load_from:
+        check_resume_matches(runner.model, cfg.load_from)
     runner.train()
 
 

@@ -4,6 +4,7 @@ import argparse
 import os
 import os.path as osp
 import pickle
+import re
 import zipfile
 
 import torch
@@ -59,6 +60,36 @@ def init_cpu_distributed(cfg, launcher: str) -> None:
         type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False)))
     dist.init_process_group(backend='gloo')
+
+
+def latest_complete_checkpoint(work_dir: str) -> str | None:
+    """The newest checkpoint in ``work_dir`` that was written completely, or None.
+
+    mmengine writes ``epoch_N.pth`` and then the ``last_checkpoint`` pointer, neither
+    atomically: a run killed at the wrong moment leaves a truncated checkpoint or an empty
+    pointer, which mmengine's own ``--resume`` turns into "can not be found". A torch
+    checkpoint is a zip archive whose directory is written last, so a readable zip directory
+    marks a complete file.
+    """
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    candidates = []
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        if named:
+            candidates.append(named if osp.isabs(named) else osp.join(work_dir, named))
+    if osp.isdir(work_dir):
+        # Periodic checkpoints only: best_*.pth are saved without the optimizer state.
+        saved = [osp.join(work_dir, name) for name in os.listdir(work_dir)
+                 if re.fullmatch(r'(epoch|iter)_\d+\.pth', name)]
+        candidates += sorted(saved, key=osp.getmtime, reverse=True)
+    for path in candidates:
+        if osp.isfile(path) and zipfile.is_zipfile(path):
+            if path != candidates[0]:
+                print(f'resuming from {path}: {candidates[0]} is missing or incomplete '
+                      '(interrupted while saving?)', flush=True)
+            return path
+    return None
 
 
 def check_checkpoint(path: str) -> None:
