@@ -5,6 +5,11 @@ delta_softplus) -> y``. :func:`selective_scan` validates the shapes (so bad inpu
 here with a message, not inside a kernel), turns autocast off so the scan runs in fp32,
 and picks the backend: ``'auto'`` takes the highest-priority backend that runs on the
 tensors' device.
+
+With ``orders``, the inputs are in 2-D map order and the K directions' outputs come back
+summed in map order (see :func:`selective_scan`). Backends that read the orders in place
+(``gathers_orders``) get them; for the others the sequences are gathered and the outputs
+scattered around the scan in PyTorch: the unfused reference path.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -14,6 +19,7 @@ from torch import Tensor
 
 from .chunked import selective_scan_chunked, selective_scan_chunked_backward
 from .reference import selective_scan_reference
+from .scan_orders import check_orders, to_map_order, to_scan_order
 
 ScanFn = Callable[..., Tensor]
 
@@ -32,12 +38,20 @@ class ScanBackend:
             Without it, ``fn`` must be differentiable by autograd: it then runs without
             autograd in the forward pass and is recomputed in backward (as mamba's CUDA
             kernel does), which keeps its intermediates out of memory either way.
+            ``fn`` may return ``(y, saved)`` instead of ``y``: the tensor ``saved`` (chunk
+            states, say) is then passed to ``backward`` after ``delta_softplus``.
+        auto: whether ``'auto'`` may pick it on a device it supports (a backend can run on
+            the CPU for tests without being the CPU's default).
+        gathers_orders: ``fn`` and ``backward`` take ``orders=`` and read the map-order
+            layout of :func:`selective_scan` themselves.
     """
     name: str
     fn: ScanFn
     supports: Callable[[torch.device], bool]
     priority: int
     backward: Optional[Callable[..., Tuple[Optional[Tensor], ...]]] = None
+    auto: Callable[[torch.device], bool] = lambda device: True
+    gathers_orders: bool = False
 
 
 _BACKENDS: Dict[str, ScanBackend] = {}
@@ -60,7 +74,7 @@ def resolve_backend(name: str, device: torch.device) -> ScanBackend:
     """The backend called ``name``, or for ``'auto'`` the best one for ``device``."""
     device = torch.device(device)
     if name == 'auto':
-        candidates = [b for b in _BACKENDS.values() if b.supports(device)]
+        candidates = [b for b in _BACKENDS.values() if b.supports(device) and b.auto(device)]
         return max(candidates, key=lambda b: b.priority)
     if name not in _BACKENDS:
         raise ValueError(f'unknown scan backend {name!r}; choose one of '
@@ -82,58 +96,68 @@ class SelectiveScanFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, backend, delta_softplus, u, delta, A, B, C, D, delta_bias):
-        ctx.backend, ctx.delta_softplus = backend, delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    def forward(ctx, backend, delta_softplus, orders, u, delta, A, B, C, D, delta_bias):
+        options = {} if orders is None else {'orders': orders}
         with torch.no_grad():
-            return backend.fn(u, delta, A, B, C, D, delta_bias, delta_softplus)
+            out = backend.fn(u, delta, A, B, C, D, delta_bias, delta_softplus, **options)
+        y, saved = out if isinstance(out, tuple) else (out, None)
+        ctx.backend, ctx.delta_softplus, ctx.options = backend, delta_softplus, options
+        ctx.has_saved = saved is not None
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, saved)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        saved = ctx.saved_tensors
-        needed = ctx.needs_input_grad[2:]
+        *saved, extra = ctx.saved_tensors
+        needed = ctx.needs_input_grad[3:]
         if ctx.backend.backward is not None:
-            grads = ctx.backend.backward(grad_y, *saved, ctx.delta_softplus)
+            grads = ctx.backend.backward(grad_y, *saved, ctx.delta_softplus,
+                                         *([extra] if ctx.has_saved else []), **ctx.options)
         else:
             inputs = [None if t is None else t.detach().requires_grad_(need)
                       for t, need in zip(saved, needed)]
             with torch.enable_grad():
-                y = ctx.backend.fn(*inputs, ctx.delta_softplus)
+                y = ctx.backend.fn(*inputs, ctx.delta_softplus, **ctx.options)
             wanted = [t for t in inputs if t is not None and t.requires_grad]
             found = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else [])
             grads = [next(found) if t is not None and t.requires_grad else None for t in inputs]
-        return (None, None) + tuple(
+        return (None, None, None) + tuple(
             g.to(t.dtype) if need and g is not None else None
             for g, t, need in zip(grads, saved, needed))
 
 
-def _check_inputs(u, delta, A, B, C, D, delta_bias) -> None:
+def _check_inputs(u, delta, A, B, C, D, delta_bias, orders) -> None:
 
     def fail(msg):
         raise ValueError(f'selective_scan: {msg}')
 
-    if u.dim() != 3:
-        fail(f'u must be (batch, K*D, L), got shape {tuple(u.shape)}')
-    batch, channels, length = u.shape
-    if delta.shape != u.shape:
-        fail(f'delta must have the shape of u {tuple(u.shape)}, got {tuple(delta.shape)}')
+    if delta.dim() != 3:
+        fail(f'delta must be (batch, K*D, L), got shape {tuple(delta.shape)}')
+    batch, channels, length = delta.shape
+    if B.dim() != 4 or C.dim() != 4 or C.shape[1] != B.shape[1] or channels % B.shape[1]:
+        fail(f'B and C must be (batch, K, N, L) with one K that divides the {channels} '
+             f'channels of delta; got {tuple(B.shape)} and {tuple(C.shape)}')
+    groups = B.shape[1]
+    if orders is None and u.shape != delta.shape:
+        fail(f'u must have the shape of delta {tuple(delta.shape)}, got {tuple(u.shape)}')
+    if orders is not None and tuple(u.shape) != (batch, channels // groups, length):
+        fail(f'with orders, u is the map (batch, D={channels // groups}, L={length}), '
+             f'got {tuple(u.shape)}')
     if A.dim() != 2 or A.shape[0] != channels:
         fail(f'A must be (K*D={channels}, N), got {tuple(A.shape)}')
     n_state = A.shape[1]
     for name, t in (('B', B), ('C', C)):
-        if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != n_state or t.shape[3] != length:
+        if t.shape[0] != batch or t.shape[2] != n_state or t.shape[3] != length:
             fail(f'{name} must be (batch={batch}, K, N={n_state}, L={length}), '
                  f'got {tuple(t.shape)}')
-    groups = B.shape[1]
-    if C.shape[1] != groups or channels % groups:
-        fail(f'B and C must share K, and K must divide the {channels} channels; '
-             f'got K={groups} (B) and {C.shape[1]} (C)')
     for name, t in (('D', D), ('delta_bias', delta_bias)):
         if t is not None and tuple(t.shape) != (channels, ):
             fail(f'{name} must be ({channels},), got {tuple(t.shape)}')
-    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias) if t is not None}
+    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias, orders) if t is not None}
     if len(devices) > 1:
         fail(f'all inputs must be on one device, got {sorted(map(str, devices))}')
+    if orders is not None:
+        check_orders(orders, batch, groups, length)
 
 
 def selective_scan(u: Tensor,
@@ -145,6 +169,7 @@ def selective_scan(u: Tensor,
                    delta_bias: Optional[Tensor] = None,
                    delta_softplus: bool = False,
                    *,
+                   orders: Optional[Tensor] = None,
                    backend: str = 'auto',
                    output_fp32: bool = False) -> Tensor:
     """Selective scan with the mamba signature; see :func:`selective_scan_reference`.
@@ -152,13 +177,30 @@ def selective_scan(u: Tensor,
     The state and all arithmetic are fp32 whatever the input dtypes and autocast say.
 
     Args:
+        orders: ``(1 or batch, K, L)`` integer permutations for the map-order layout: ``u``
+            is then the ``(batch, D, L)`` map, ``delta`` ``(batch, K*D, L)`` and ``B``, ``C``
+            ``(batch, K, N, L)`` hold each direction's values at the map positions, and
+            direction k scans the positions ``orders[., k]`` in turn. Returns the
+            ``(batch, D, L)`` map-order sum of the K directions' outputs; equal to gathering
+            the K sequences, scanning, and scattering the outputs back.
         backend: a registered backend name or ``'auto'``.
         output_fp32: return fp32 (for AMP) instead of the dtype of ``u``.
     """
-    _check_inputs(u, delta, A, B, C, D, delta_bias)
+    _check_inputs(u, delta, A, B, C, D, delta_bias, orders)
     impl = resolve_backend(backend, u.device)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        y = SelectiveScanFn.apply(impl, delta_softplus, u, delta, A, B, C, D, delta_bias)
+        if orders is None or impl.gathers_orders:
+            y = SelectiveScanFn.apply(impl, delta_softplus, orders, u, delta, A, B, C, D,
+                                      delta_bias)
+        else:
+            batch, channels, length = delta.shape
+            k = B.shape[1]
+            sequences = [to_scan_order(t, orders).flatten(1, 2) for t in (
+                u[:, None], delta.view(batch, k, channels // k, length))]
+            y = SelectiveScanFn.apply(impl, delta_softplus, None, *sequences, A,
+                                      to_scan_order(B, orders), to_scan_order(C, orders), D,
+                                      delta_bias)
+            y = to_map_order(y.view(batch, k, channels // k, length), orders)
     return y if output_fp32 else y.to(u.dtype)
 
 
@@ -167,3 +209,14 @@ register_backend(
 register_backend(
     ScanBackend('chunked', selective_scan_chunked, supports=lambda device: True, priority=10,
                 backward=selective_scan_chunked_backward))
+try:
+    from . import triton_scan
+except ImportError:  # no triton package: the PyTorch backends remain
+    triton_scan = None
+if triton_scan is not None:
+    register_backend(
+        ScanBackend('triton', triton_scan.selective_scan_triton,
+                    # On the CPU only through the Triton interpreter (TRITON_INTERPRET=1, tests).
+                    supports=lambda device: device.type == 'cuda' or triton_scan.INTERPRETED,
+                    auto=lambda device: device.type == 'cuda', priority=20,
+                    backward=triton_scan.selective_scan_triton_backward, gathers_orders=True))

@@ -129,12 +129,19 @@ def test_reference_is_the_plain_recurrence():
 
 
 @pytest.mark.parametrize('change, message', [
-    (dict(u=torch.zeros(2, 6)), 'u must be'),
-    (dict(delta=torch.zeros(2, 6, 36)), 'delta must have the shape'),
+    (dict(u=torch.zeros(2, 6)), 'u must have the shape of delta'),
+    (dict(delta=torch.zeros(2, 6)), 'delta must be'),
     (dict(A=torch.zeros(5, 1)), 'A must be'),
     (dict(B=torch.zeros(2, 2, 1, 36)), 'B must be'),
-    (dict(C=torch.zeros(2, 4, 1, 37)), 'B and C must share K'),
+    (dict(C=torch.zeros(2, 4, 1, 37)), 'B and C must be'),
     (dict(D=torch.zeros(5)), 'D must be'),
+    (dict(u=torch.zeros(2, 6, 37), orders=torch.zeros(2, 2, 37, dtype=torch.long)),
+     'with orders, u is the map'),
+    (dict(u=torch.zeros(2, 3, 37), orders=torch.zeros(2, 3, 37, dtype=torch.long)),
+     'orders must be'),
+    (dict(u=torch.zeros(2, 3, 37), orders=torch.zeros(1, 2, 37)), 'integer tensor'),
+    (dict(u=torch.zeros(2, 3, 37), orders=torch.zeros(1, 2, 37, dtype=torch.long)),
+     'must be a permutation'),
 ])
 def test_bad_shapes_raise_named_errors(change, message):
     inputs = make_inputs()

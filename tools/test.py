@@ -14,8 +14,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, init_cpu_distributed,
-                                       load_config)
+from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, finish_distributed,
+                                       init_cpu_distributed, load_config)
 from quadmamba_mm.utils.toolbox import toolbox_of
 
 
@@ -75,6 +75,7 @@ def main():
         init_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.test()
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -15,8 +15,8 @@ import torch
 from mmengine.runner import Runner
 
 from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, check_resume_matches,
-                                       init_cpu_distributed, latest_complete_checkpoint,
-                                       load_config)
+                                       finish_distributed, init_cpu_distributed,
+                                       latest_complete_checkpoint, load_config)
 
 
 def parse_args():
@@ -59,6 +59,7 @@ def main():
     if cfg.get('resume') and cfg.load_from:
         check_resume_matches(runner.model, cfg.load_from)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -62,6 +62,15 @@ def init_cpu_distributed(cfg, launcher: str) -> None:
     dist.init_process_group(backend='gloo')
 
 
+def finish_distributed() -> None:
+    """Wait for every process, then close the process group. Without this, a gloo process
+    that reaches interpreter exit first can abort ("terminate called without an active
+    exception") while the group's threads are still alive."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def latest_complete_checkpoint(work_dir: str) -> str | None:
     """The newest checkpoint in ``work_dir`` that was written completely, or None.
 

@@ -1,0 +1,323 @@
+"""Selective scan in Triton: forward and backward kernels, optionally reading scan orders.
+
+One program owns one sample and a block of ``BLOCK_D`` channels of one direction's group of
+D channels, and walks the K directions and, inside each, the sequence in chunks of
+``BLOCK_L`` positions. Per chunk and state n, the recurrence ``h_t = a_t h_{t-1} + b_t`` is a
+``tl.associative_scan`` of the pairs ``(a, b)`` along the chunk, started from the state
+carried over from the previous chunk. The state is fp32 whatever the input dtypes.
+
+The forward pass keeps only the state at each chunk end (``B x K*D x chunks x N`` floats).
+The backward pass walks the chunks in reverse: it recomputes each chunk's states from the
+saved one before it, and runs the reverse recurrence ``dh_t = a_{t+1} dh_{t+1} + C_t dy_t``
+as a forward scan of the flipped chunk (``associative_scan(reverse=True)`` has had
+ordering bugs for non-commutative combines on GPUs, triton issue #4362).
+
+Scan orders (``ordered=True``): ``u`` is then the ``(B, D, L)`` map in 2-D order, ``delta``,
+``B`` and ``C`` hold the per-direction values at each map position, and ``orders[., k, i]`` is
+the map position scanned at step ``i`` of direction ``k``. The kernels gather through the
+orders while they scan and add the K directions' outputs at their map positions, so the K
+reordered copies of the map and of the outputs never exist in memory. Without orders, the
+layout is mamba's: ``u``, ``delta`` and ``y`` are ``(B, K*D, L)`` in scan order.
+
+Gradients of the per-channel parameters (A, D, delta_bias) and of the group-shared B and C
+are written per program and summed afterwards: no atomics, deterministic results.
+"""
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+LOG2E = 1.4426950408889634
+INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+
+
+@triton.jit
+def _affine(a1, b1, a2, b2):
+    """``h -> a2 (a1 h + b1) + b2``: composition of two steps of the linear recurrence."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(z):
+    return tl.where(z > 20.0, z, tl.log(1.0 + tl.exp(tl.minimum(z, 20.0))))
+
+
+@triton.jit
+def _column(tile, cols, n):
+    """Column ``n`` of a ``(rows, NP)`` tile, as a vector."""
+    return tl.sum(tl.where(cols[None, :] == n, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _positions(order_ptr, b, k, steps, L, so_b, so_k, ORDERED: tl.constexpr):
+    """The positions in memory of scan steps ``steps`` of direction k, and their mask."""
+    mask_l = steps < L
+    pos = steps
+    if ORDERED:
+        pos = tl.load(order_ptr + b * so_b + k * so_k + steps, mask=mask_l, other=0)
+    return pos, mask_l
+
+
+@triton.jit
+def _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS: tl.constexpr,
+           SOFTPLUS: tl.constexpr):
+    """``z = delta + bias`` and the step size ``softplus(z)`` (or z), in fp32."""
+    z = tl.load(dt_ptr + b * sdt_b + ch[:, None] * sdt_c + pos[None, :], mask=mask, other=0.0)
+    z = z.to(tl.float32)
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + ch, mask=mask_d, other=0.0)[:, None]
+    dt = z
+    if SOFTPLUS:
+        dt = _softplus(z)
+    return z, dt
+
+
+@triton.jit
+def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, y_ptr,
+                     state_ptr, L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n, sC_b,
+                     sC_k, sC_n, so_b, so_k, sy_b, sy_c,
+                     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_L: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr):
+    b = tl.program_id(0)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d < DIM
+    cols = tl.arange(0, NP)
+    offs = tl.arange(0, BLOCK_L)
+    n_chunks = tl.cdiv(L, BLOCK_L)
+    for k in range(K):
+        ch = k * DIM + d  # channel of delta, A, D, bias
+        uch = ch  # channel of u and y
+        if ORDERED:
+            uch = d
+        mask_dn = mask_d[:, None] & (cols < N)[None, :]
+        A = tl.load(A_ptr + ch[:, None] * N + cols[None, :], mask=mask_dn, other=0.0) * LOG2E
+        carry = tl.zeros([BLOCK_D, NP], tl.float32)
+        for c in range(n_chunks):
+            pos, mask_l = _positions(order_ptr, b, k, c * BLOCK_L + offs, L, so_b, so_k, ORDERED)
+            mask = mask_d[:, None] & mask_l[None, :]
+            u = tl.load(u_ptr + b * su_b + uch[:, None] * su_c + pos[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+            _, dt = _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS,
+                           SOFTPLUS)
+            dtu = dt * u
+            y = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
+            if HAS_D:
+                y = u * tl.load(D_ptr + ch, mask=mask_d, other=0.0)[:, None]
+            for n in tl.static_range(N):
+                Bn = tl.load(B_ptr + b * sB_b + k * sB_k + n * sB_n + pos, mask=mask_l, other=0.0)
+                Cn = tl.load(C_ptr + b * sC_b + k * sC_k + n * sC_n + pos, mask=mask_l, other=0.0)
+                a = tl.where(mask, tl.exp2(dt * _column(A, cols, n)[:, None]), 1.0)
+                prod_a, h = tl.associative_scan((a, dtu * Bn.to(tl.float32)[None, :]), 1, _affine)
+                h += prod_a * _column(carry, cols, n)[:, None]
+                y += h * Cn.to(tl.float32)[None, :]
+                # Masked steps have a = 1, b = 0: the last column is the state at the chunk end.
+                last = tl.sum(tl.where(offs[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
+                carry = tl.where(cols[None, :] == n, last[:, None], carry)
+            tl.store(state_ptr + ((b * K * DIM + ch[:, None]) * n_chunks + c) * N + cols[None, :],
+                     carry, mask=mask_dn)
+            y_at = y_ptr + b * sy_b + uch[:, None] * sy_c + pos[None, :]
+            if ORDERED:  # add to the directions already written at these map positions
+                y += tl.load(y_at, mask=mask & (k > 0), other=0.0)
+            tl.store(y_at, y, mask=mask)
+        if ORDERED:
+            tl.debug_barrier()  # direction k+1 reads what direction k wrote
+
+
+@triton.jit
+def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, dy_ptr,
+                     state_ptr, du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+                     L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
+                     so_b, so_k, sdy_b, sdy_c, sdu_b, sdu_c,
+                     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_L: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr):
+    b = tl.program_id(0)
+    blk = tl.program_id(1)
+    n_blocks = tl.num_programs(1)
+    d = blk * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d < DIM
+    cols = tl.arange(0, NP)
+    offs = tl.arange(0, BLOCK_L)
+    n_chunks = tl.cdiv(L, BLOCK_L)
+    for k in range(K):
+        ch = k * DIM + d
+        uch = ch
+        if ORDERED:
+            uch = d
+        mask_dn = mask_d[:, None] & (cols < N)[None, :]
+        A = tl.load(A_ptr + ch[:, None] * N + cols[None, :], mask=mask_dn, other=0.0)
+        D = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D],
+                                                                              tl.float32)
+        dh_carry = tl.zeros([BLOCK_D, NP], tl.float32)  # dL/dh at the first step of the chunk after
+        dA = tl.zeros([BLOCK_D, NP], tl.float32)
+        dD = tl.zeros([BLOCK_D], tl.float32)
+        dbias = tl.zeros([BLOCK_D], tl.float32)
+        # dB, dC of this program: (batch, K, blocks, N, L), summed over the blocks afterwards.
+        part = ((b * K + k) * n_blocks + blk) * N
+        for cc in range(n_chunks):
+            c = n_chunks - 1 - cc
+            pos, mask_l = _positions(order_ptr, b, k, c * BLOCK_L + offs, L, so_b, so_k, ORDERED)
+            mask = mask_d[:, None] & mask_l[None, :]
+            u = tl.load(u_ptr + b * su_b + uch[:, None] * su_c + pos[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+            z, dt = _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS,
+                           SOFTPLUS)
+            # delta one step later, for the gate a_{t+1} of the reverse recurrence
+            pos_next, mask_l_next = _positions(order_ptr, b, k, c * BLOCK_L + offs + 1, L, so_b,
+                                               so_k, ORDERED)
+            mask_next = mask_d[:, None] & mask_l_next[None, :]
+            _, dt_next = _delta(dt_ptr, bias_ptr, b, ch, pos_next, mask_next, mask_d, sdt_b,
+                                sdt_c, HAS_BIAS, SOFTPLUS)
+            dy = tl.load(dy_ptr + b * sdy_b + uch[:, None] * sdy_c + pos[None, :], mask=mask,
+                         other=0.0).to(tl.float32)
+            dtu = dt * u
+            du = dy * D[:, None]
+            dD += tl.sum(dy * u, axis=1)
+            ddt = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
+            for n in tl.static_range(N):
+                An = _column(A, cols, n)[:, None]
+                Bn = tl.load(B_ptr + b * sB_b + k * sB_k + n * sB_n + pos, mask=mask_l,
+                             other=0.0).to(tl.float32)[None, :]
+                Cn = tl.load(C_ptr + b * sC_b + k * sC_k + n * sC_n + pos, mask=mask_l,
+                             other=0.0).to(tl.float32)[None, :]
+                # Recompute the states of this chunk from the one saved before it.
+                h0 = tl.load(state_ptr + ((b * K * DIM + ch) * n_chunks + c - 1) * N + n,
+                             mask=mask_d & (c > 0), other=0.0)
+                a = tl.where(mask, tl.exp2(dt * An * LOG2E), 1.0)
+                bu = dtu * Bn
+                prod_a, h = tl.associative_scan((a, bu), 1, _affine)
+                h += prod_a * h0[:, None]
+                # dh_t = a_{t+1} dh_{t+1} + C_t dy_t, from the carry of the next chunk.
+                gate = tl.where(mask_next, tl.exp2(dt_next * An * LOG2E), 1.0)
+                prod_g, dh = tl.associative_scan((tl.flip(gate, 1), tl.flip(Cn * dy, 1)), 1,
+                                                 _affine)
+                dh = tl.flip(dh + prod_g * _column(dh_carry, cols, n)[:, None], 1)
+                first = tl.sum(tl.where(offs[None, :] == 0, dh, 0.0), axis=1)
+                dh_carry = tl.where(cols[None, :] == n, first[:, None], dh_carry)
+
+                dh_ah = dh * (h - bu)  # dL/dh_t * a_t h_{t-1}
+                du += dh * dt * Bn
+                ddt += dh * u * Bn + dh_ah * An
+                dA += tl.where(cols[None, :] == n, tl.sum(dh_ah * dt, axis=1)[:, None], 0.0)
+                tl.store(dB_ptr + (part + n) * L + pos, tl.sum(dh * dtu, axis=0), mask=mask_l)
+                tl.store(dC_ptr + (part + n) * L + pos, tl.sum(dy * h, axis=0), mask=mask_l)
+            if SOFTPLUS:
+                ddt *= 1.0 / (1.0 + tl.exp(-tl.maximum(z, -80.0)))  # softplus' = sigmoid
+            ddt = tl.where(mask, ddt, 0.0)
+            dbias += tl.sum(ddt, axis=1)
+            tl.store(ddt_ptr + b * sdt_b + ch[:, None] * sdt_c + pos[None, :], ddt, mask=mask)
+            du_at = du_ptr + b * sdu_b + uch[:, None] * sdu_c + pos[None, :]
+            if ORDERED:
+                du += tl.load(du_at, mask=mask & (k > 0), other=0.0)
+            tl.store(du_at, du, mask=mask)
+        tl.store(dA_ptr + (b * K * DIM + ch[:, None]) * N + cols[None, :], dA, mask=mask_dn)
+        tl.store(dD_ptr + b * K * DIM + ch, dD, mask=mask_d)
+        tl.store(dbias_ptr + b * K * DIM + ch, dbias, mask=mask_d)
+        if ORDERED:
+            tl.debug_barrier()
+
+
+def launch_blocks(length: int, dim: int) -> Tuple[int, int]:
+    """``(BLOCK_D, BLOCK_L)``: chunks of up to 512 steps, tiles of about 2048 elements."""
+    block_l = min(triton.next_power_of_2(length), 512)
+    block_d = min(triton.next_power_of_2(dim), max(1, 2048 // block_l))
+    return block_d, block_l
+
+
+def _prepare(u, delta, A, B, C, orders):
+    """Contiguous inputs, the per-direction width and the int32 orders (or a dummy)."""
+    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+    A = A.float().contiguous()
+    k = B.shape[1]
+    dim = delta.shape[1] // k
+    if orders is None:
+        orders = torch.zeros(1, 1, 1, dtype=torch.int32, device=u.device)
+    else:
+        orders = orders.to(torch.int32).contiguous()
+    return u, delta, A, B, C, k, dim, orders
+
+
+def _optional(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return like if t is None else t.float().contiguous()
+
+
+def _order_strides(orders: Tensor, ordered: bool) -> Tuple[int, int]:
+    if not ordered:
+        return 0, 0
+    return (orders.stride(0) if orders.shape[0] > 1 else 0), orders.stride(1)
+
+
+def selective_scan_triton(u: Tensor,
+                          delta: Tensor,
+                          A: Tensor,
+                          B: Tensor,
+                          C: Tensor,
+                          D: Optional[Tensor] = None,
+                          delta_bias: Optional[Tensor] = None,
+                          delta_softplus: bool = False,
+                          orders: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The selective scan of :func:`~quadmamba_kernels.reference.selective_scan_reference`
+    (without orders) or of the ordered layout described in the module docstring.
+
+    Returns:
+        ``y`` in fp32 (``(B, K*D, L)``, or ``(B, D, L)`` in map order with ``orders``) and
+        the fp32 states at the chunk ends, for the backward pass.
+    """
+    u, delta, A, B, C, k, dim, order_t = _prepare(u, delta, A, B, C, orders)
+    batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
+    block_d, block_l = launch_blocks(length, dim)
+    n_chunks = triton.cdiv(length, block_l)
+    y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
+    states = torch.empty(batch, k * dim, n_chunks, n_state, device=u.device)
+    ordered = orders is not None
+    _scan_fwd_kernel[(batch, triton.cdiv(dim, block_d))](
+        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), order_t, y, states,
+        length, dim, k, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+        *B.stride()[:3], *C.stride()[:3], *_order_strides(order_t, ordered), y.stride(0),
+        y.stride(1), N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d,
+        BLOCK_L=block_l, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus, ORDERED=ordered)
+    return y, states
+
+
+def selective_scan_triton_backward(grad_y: Tensor,
+                                   u: Tensor,
+                                   delta: Tensor,
+                                   A: Tensor,
+                                   B: Tensor,
+                                   C: Tensor,
+                                   D: Optional[Tensor],
+                                   delta_bias: Optional[Tensor],
+                                   delta_softplus: bool,
+                                   states: Tensor,
+                                   orders: Optional[Tensor] = None) -> Tuple[Optional[Tensor], ...]:
+    """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` (fp32; None for absent inputs)
+    from the chunk-end ``states`` of :func:`selective_scan_triton`."""
+    u, delta, A, B, C, k, dim, order_t = _prepare(u, delta, A, B, C, orders)
+    grad_y = grad_y.contiguous()
+    batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
+    block_d, block_l = launch_blocks(length, dim)
+    n_blocks = triton.cdiv(dim, block_d)
+    ordered = orders is not None
+    dev = u.device
+    du = torch.empty(u.shape, device=dev)
+    ddelta = torch.empty(delta.shape, device=dev)
+    dB = torch.empty(batch, k, n_blocks, n_state, length, device=dev)
+    dC = torch.empty_like(dB)
+    dA = torch.empty(batch, k * dim, n_state, device=dev)
+    dD = torch.empty(batch, k * dim, device=dev)
+    dbias = torch.empty_like(dD)
+    _scan_bwd_kernel[(batch, n_blocks)](
+        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), order_t, grad_y, states,
+        du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, u.stride(0), u.stride(1),
+        delta.stride(0), delta.stride(1), *B.stride()[:3], *C.stride()[:3],
+        *_order_strides(order_t, ordered), grad_y.stride(0), grad_y.stride(1), du.stride(0),
+        du.stride(1), N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d,
+        BLOCK_L=block_l, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus, ORDERED=ordered)
+    return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
+            None if delta_bias is None else dbias.sum(0))

@@ -1,0 +1,85 @@
+"""The Triton scan kernels against the reference, on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``, set in conftest.py) or on a GPU. Shapes stay tiny (about 10^4
+scanned elements in all) because the interpreter runs a scan step by step in Python."""
+import pytest
+import torch
+
+from quadmamba_kernels import available_backends, selective_scan
+
+from test_selective_scan import assert_close_rel, make_inputs
+
+pytestmark = pytest.mark.skipif('triton' not in available_backends('cpu'),
+                                reason='triton is not installed')
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+# mamba's test tolerances for fp32 and bf16 inputs; ours are relative to the largest value.
+TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-5, 1e-2)}
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Chunks of 16 steps and blocks of 2 channels: every shape crosses chunk and block
+    boundaries (carries, masked tails, partial channel blocks)."""
+    from quadmamba_kernels import triton_scan
+    monkeypatch.setattr(triton_scan, 'launch_blocks', lambda length, dim: (2, 16))
+
+
+def random_orders(batch, k, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(length, generator=g) for _ in range(batch * k)]).view(
+        batch, k, length)
+
+
+def scan_and_grads(inputs, backend, **kwargs):
+    leaves = {k: v.detach().to(DEVICE).requires_grad_(v.is_floating_point())
+              for k, v in inputs.items() if v is not None}
+    y = selective_scan(**leaves, delta_softplus=True, backend=backend, output_fp32=True,
+                       **kwargs)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
+    wanted = {k: v for k, v in leaves.items() if v.requires_grad}
+    return y, dict(zip(wanted, torch.autograd.grad(y, list(wanted.values()), grad_out)))
+
+
+def assert_matches(inputs, dtype, **kwargs):
+    y_ref, g_ref = scan_and_grads(inputs, 'reference', **kwargs)
+    y, g = scan_and_grads(inputs, 'triton', **kwargs)
+    y_tol, g_tol = TOLERANCE[dtype]
+    assert_close_rel(y, y_ref, y_tol, 'y')
+    for name in g_ref:
+        assert g[name].dtype == inputs[name].dtype
+        assert_close_rel(g[name], g_ref[name], g_tol, f'grad {name}')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('n_state, length', [(1, 37), (3, 45)])
+def test_chunked_kernel_matches_reference(small_blocks, dtype, n_state, length):
+    """Odd lengths (masked tails), N=1 and N=3 (a masked state column), 3 channels in
+    blocks of 2, and carries over 3 chunks."""
+    assert_matches(make_inputs(batch=2, k=2, dim=3, n_state=n_state, length=length,
+                               dtype=dtype), dtype)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shared', [True, False])
+def test_orders_read_in_place_match_the_unfused_path(small_blocks, dtype, shared):
+    """The kernel gathering through per-sample (or shared) orders and adding the directions
+    in map order equals gather -> reference scan -> scatter-and-sum."""
+    batch, k, dim, length = 2, 3, 3, 37
+    inputs = make_inputs(batch=batch, k=k, dim=dim, n_state=2, length=length, dtype=dtype)
+    inputs['u'] = inputs['u'][:, :dim]  # the map: one copy for all directions
+    inputs['orders'] = random_orders(1 if shared else batch, k, length)
+    assert_matches(inputs, dtype)
+
+
+def test_cross_scan_orders_in_place(small_blocks):
+    """The 4 VMamba directions of a 5x7 map, as the backbone passes them."""
+    from quadmamba_mm.models.scan_orders import cross_scan_orders
+    orders, _ = cross_scan_orders(5, 7)
+    inputs = make_inputs(batch=1, k=4, dim=2, n_state=1, length=35)
+    inputs.update(u=inputs['u'][:, :2], orders=orders)
+    assert_matches(inputs, torch.float32)
+
+
+def test_default_blocks_cover_a_long_sequence():
+    """The launch configuration of real shapes: a 600-step sequence is two 512-step chunks."""
+    assert_matches(make_inputs(batch=1, k=1, dim=2, n_state=1, length=600), torch.float32)
