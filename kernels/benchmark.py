@@ -1,22 +1,37 @@
-"""Selective-scan backends side by side: forward and forward+backward times.
+"""Selective-scan implementations side by side: forward and forward+backward times.
 
     python -m quadmamba_kernels.benchmark [--device cpu] [--shape B K D N L] [--repeat 5]
-        [--backends chunked reference] [--dtype float32]
+        [--backends chunked reference] [--dtype float32] [--orders] [--mamba]
+    python -m quadmamba_kernels.benchmark --device cuda --quadmamba-s [--dtype bfloat16]
 
-All backends run on the same inputs in one process, interleaved round by round, so the
-ratios are fair on a noisy machine. Times are medians. Forward+backward goes through
-autograd (``loss = (y * g).sum()``), as training does.
+Every contender runs on the same inputs in one process, interleaved round by round, so
+the ratios are fair on a noisy machine. Times are medians. Forward+backward goes through
+autograd (``loss = (y * g).sum()``), as training does. The output is fp32 (QuadMamba's
+setting).
+
+``--orders`` scans in the map-order layout: the four cross-scan directions of an
+``H x W = L`` map (square if possible). Backends that read the orders in place then
+compete with the others' gather -> scan -> scatter path. ``--mamba`` adds mamba's CUDA
+``selective_scan_fn`` (``mamba_ssm``, built separately) as the anchor. On CUDA the table
+also gives the forward's bytes per second against a measured device copy.
+``--quadmamba-s`` runs the QuadMamba-S shapes at batch 128: stage 1 (K=2, D=192,
+L=56x56) and stage 3 (K=4, D=768, L=14x14), N=1.
 """
 import argparse
+import math
 import statistics
 import time
+from typing import Callable, Dict, List, Optional
 
 import torch
+from torch import Tensor
 
 from .interface import available_backends, selective_scan
 
+QUADMAMBA_S = [(128, 2, 192, 1, 3136), (128, 4, 768, 1, 196)]
 
-def make_inputs(batch, k, dim, n_state, length, device, dtype):
+
+def make_inputs(batch, k, dim, n_state, length, device, dtype, ordered=False):
     g = torch.Generator().manual_seed(0)
     channels = k * dim
 
@@ -24,7 +39,7 @@ def make_inputs(batch, k, dim, n_state, length, device, dtype):
         return (torch.randn(*shape, generator=g) * scale).to(device, dtype)
 
     return dict(
-        u=randn(batch, channels, length),
+        u=randn(batch, dim if ordered else channels, length),
         delta=randn(batch, channels, length, scale=0.5),
         A=-torch.exp(torch.randn(channels, n_state, generator=g) * 0.5).to(device),
         B=randn(batch, k, n_state, length),
@@ -32,6 +47,30 @@ def make_inputs(batch, k, dim, n_state, length, device, dtype):
         D=torch.ones(channels, device=device),
         delta_bias=torch.full((channels, ), -3.0, device=device),
     )
+
+
+def map_orders(k: int, length: int, device) -> Tensor:
+    """``(1, k, L)`` orders on an ``H x W`` map: K=4 the cross scan (row-major, column-major
+    and their reverses), K=2 row-major and its reverse (QuadMamba's forward/backward pair)."""
+    height = max(h for h in range(1, math.isqrt(length) + 1) if length % h == 0)
+    raster = torch.arange(length)
+    columns = raster.view(height, length // height).t().flatten()
+    rows = [raster, raster.flip(0)] if k == 2 else [raster, columns, raster.flip(0),
+                                                    columns.flip(0)][:k]
+    return torch.stack(rows)[None].to(device)
+
+
+def mamba_contender() -> Optional[Callable]:
+    """mamba's ``selective_scan_fn`` with our argument order, if ``mamba_ssm`` is installed."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+
+    def scan(u, delta, A, B, C, D, delta_bias):
+        return selective_scan_fn(u, delta, A, B, C, D, None, delta_bias, True).float()
+
+    return scan
 
 
 def timed(fn, device) -> float:
@@ -44,27 +83,81 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def benchmark(backends, shape, device, dtype, repeat, warmup=1):
-    inputs = make_inputs(*shape, device=device, dtype=dtype)
+def copy_bandwidth(device, nbytes=1 << 30, repeat=10) -> float:
+    """Bytes per second of a device-to-device copy (read + write counted)."""
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(timed(lambda: dst.copy_(src), device) for _ in range(repeat))
+    return 2 * nbytes / best
+
+
+def forward_bytes(inputs: Dict[str, Tensor], ordered: bool) -> int:
+    """Bytes a fused forward must move: read u, delta, B, C once, write the fp32 output."""
+    u = inputs['u']
+    out = u.numel() if ordered else inputs['delta'].numel()
+    return sum(inputs[n].numel() * inputs[n].element_size() for n in 'u delta B C'.split()) \
+        + 4 * out
+
+
+def benchmark(contenders: Dict[str, Callable], shape, device, dtype, repeat, ordered,
+              warmup=1):
+    inputs = make_inputs(*shape, device=device, dtype=dtype, ordered=ordered)
     leaves = {k: v.requires_grad_() for k, v in inputs.items()}
-    grad_out = torch.randn(shape[0], shape[1] * shape[2], shape[4], device=device)
+    out_channels = shape[2] if ordered else shape[1] * shape[2]
+    grad_out = torch.randn(shape[0], out_channels, shape[4], device=device)
 
-    def forward(name):
+    def forward(fn):
         with torch.no_grad():
-            selective_scan(**leaves, delta_softplus=True, backend=name, output_fp32=True)
+            fn(**leaves)
 
-    def forward_backward(name):
-        y = selective_scan(**leaves, delta_softplus=True, backend=name, output_fp32=True)
-        torch.autograd.grad((y * grad_out).sum(), list(leaves.values()))
+    def forward_backward(fn):
+        torch.autograd.grad((fn(**leaves) * grad_out).sum(), list(leaves.values()))
 
-    times = {(name, mode): [] for name in backends for mode in ('fwd', 'fwd+bwd')}
+    times = {(name, mode): [] for name in contenders for mode in ('fwd', 'fwd+bwd')}
     for round_index in range(warmup + repeat):
-        for name in backends:
-            for mode, fn in (('fwd', forward), ('fwd+bwd', forward_backward)):
-                t = timed(lambda: fn(name), device)
+        for name, fn in contenders.items():
+            for mode, run in (('fwd', forward), ('fwd+bwd', forward_backward)):
+                t = timed(lambda: run(fn), device)
                 if round_index >= warmup:
                     times[(name, mode)].append(t)
-    return {key: statistics.median(values) for key, values in times.items()}
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    return medians, forward_bytes(inputs, ordered)
+
+
+def make_contenders(backends: List[str], shape, device, ordered: bool, mamba: bool):
+    orders = map_orders(shape[1], shape[4], device) if ordered else None
+    contenders = {}
+    for name in backends:
+        def scan(name=name, **inputs):
+            return selective_scan(**inputs, delta_softplus=True, orders=orders, backend=name,
+                                  output_fp32=True)
+        contenders[name] = scan
+    anchor = mamba_contender() if mamba else None
+    if mamba and anchor is None:
+        print('mamba_ssm is not installed: no mamba anchor')
+    if anchor is not None and not ordered:
+        contenders['mamba (CUDA)'] = lambda **inputs: anchor(**inputs)
+    return contenders
+
+
+def report(shape, dtype_name, device, repeat, ordered, results, nbytes, bandwidth):
+    batch, k, dim, n_state, length = shape
+    layout = 'map order, orders read by the scan' if ordered else 'scan order'
+    print(f'\nselective scan, B={batch} K={k} D={dim} N={n_state} L={length}, {dtype_name} '
+          f'inputs, fp32 output, {layout}; device {device}, median of {repeat}')
+    names = list(dict.fromkeys(name for name, _ in results))
+    fastest = min(results[(n, 'fwd+bwd')] for n in names)
+    header = f'{"contender":14s} {"fwd ms":>9s} {"fwd+bwd ms":>11s} {"fwd+bwd/fastest":>16s}'
+    if bandwidth:
+        header += f' {"fwd GB/s":>9s} {"of copy":>8s}'
+    print(header)
+    for name in names:
+        fwd, both = results[(name, 'fwd')], results[(name, 'fwd+bwd')]
+        line = f'{name:14s} {fwd * 1e3:9.3f} {both * 1e3:11.3f} {both / fastest:15.2f}x'
+        if bandwidth:
+            line += f' {nbytes / fwd / 1e9:9.0f} {nbytes / fwd / bandwidth:7.0%}'
+        print(line)
 
 
 def main():
@@ -72,23 +165,27 @@ def main():
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--shape', type=int, nargs=5, default=[2, 2, 192, 1, 3136],
                         metavar=('B', 'K', 'D', 'N', 'L'))
+    parser.add_argument('--quadmamba-s', action='store_true',
+                        help='the QuadMamba-S stage 1 and stage 3 shapes at batch 128')
     parser.add_argument('--backends', nargs='+', default=None,
                         help='default: every backend that runs on the device')
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    parser.add_argument('--orders', action='store_true', help='map-order layout (see above)')
+    parser.add_argument('--mamba', action='store_true', help="add mamba_ssm's CUDA kernel")
     parser.add_argument('--repeat', type=int, default=5)
     args = parser.parse_args()
     device = torch.device(args.device)
-    backends = args.backends or available_backends(device)
-    results = benchmark(backends, args.shape, device, getattr(torch, args.dtype), args.repeat)
-    batch, k, dim, n_state, length = args.shape
-    print(f'selective scan, B={batch} K={k} D={dim} N={n_state} L={length}, {args.dtype} '
-          f'inputs, device {device}, median of {args.repeat}')
-    fastest = {mode: min(results[(n, mode)] for n in backends) for mode in ('fwd', 'fwd+bwd')}
-    print(f'{"backend":12s} {"fwd ms":>10s} {"fwd+bwd ms":>12s} {"fwd+bwd / fastest":>18s}')
-    for name in backends:
-        fwd, both = results[(name, 'fwd')], results[(name, 'fwd+bwd')]
-        print(f'{name:12s} {fwd * 1e3:10.1f} {both * 1e3:12.1f} '
-              f'{both / fastest["fwd+bwd"]:17.1f}x')
+    backends = args.backends or [b for b in available_backends(device)
+                                 if not (device.type == 'cuda' and b == 'reference')]
+    bandwidth = copy_bandwidth(device) if device.type == 'cuda' else None
+    if bandwidth:
+        print(f'{torch.cuda.get_device_name(device)}: device copy {bandwidth / 1e9:.0f} GB/s')
+    for shape in (QUADMAMBA_S if args.quadmamba_s else [args.shape]):
+        for ordered in ((False, True) if args.quadmamba_s else (args.orders, )):
+            contenders = make_contenders(backends, shape, device, ordered, args.mamba)
+            results, nbytes = benchmark(contenders, shape, device, getattr(torch, args.dtype),
+                                        args.repeat, ordered)
+            report(shape, args.dtype, device, args.repeat, ordered, results, nbytes, bandwidth)
 
 
 if __name__ == '__main__':

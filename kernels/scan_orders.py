@@ -1,13 +1,24 @@
 """The map-order layout of the selective scan: scan orders, their checks, and the gather and
 scatter that the backends without in-place orders run around the scan."""
 import weakref
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
 
-# Orders that passed the check, with the version they had: the check costs a sort (and a
-# device sync), and the backbone reuses its cached orders at every call.
-_CHECKED: 'weakref.WeakKeyDictionary[Tensor, int]' = weakref.WeakKeyDictionary()
+# Orders that passed the check (by id, while alive), with the version they had then: the
+# check costs a sort and a device sync, and the backbone reuses its cached orders.
+_CHECKED: Dict[int, Tuple[weakref.ref, int]] = {}
+
+
+def _checked_before(orders: Tensor) -> bool:
+    ref, version = _CHECKED.get(id(orders), (None, None))
+    return ref is not None and ref() is orders and version == orders._version
+
+
+def _remember(orders: Tensor) -> None:
+    key = id(orders)
+    _CHECKED[key] = (weakref.ref(orders, lambda _: _CHECKED.pop(key, None)), orders._version)
 
 
 def check_orders(orders: Tensor, batch: int, directions: int, length: int) -> None:
@@ -18,13 +29,13 @@ def check_orders(orders: Tensor, batch: int, directions: int, length: int) -> No
                          f'L={length}), got {shape}')
     if orders.dtype.is_floating_point or orders.dtype.is_complex or orders.dtype == torch.bool:
         raise ValueError(f'selective_scan: orders must be an integer tensor, got {orders.dtype}')
-    if _CHECKED.get(orders) == orders._version:
+    if _checked_before(orders):
         return
     steps = torch.arange(length, device=orders.device)
     if not bool((orders.sort(-1).values == steps).all()):
         raise ValueError('selective_scan: every row of orders must be a permutation of '
                          f'0..{length - 1} (a position of the map per scan step)')
-    _CHECKED[orders] = orders._version
+    _remember(orders)
 
 
 def to_scan_order(t: Tensor, orders: Tensor) -> Tensor:

@@ -76,6 +76,18 @@ def _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS: t
 
 
 @triton.jit
+def _chunk_inputs(u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, steps, mask_d, L, su_b,
+                  su_c, sdt_b, sdt_c, so_b, so_k, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                  ORDERED: tl.constexpr):
+    """Positions, masks, u, ``delta + bias`` and the step size at scan steps ``steps``."""
+    pos, mask_l = _positions(order_ptr, b, k, steps, L, so_b, so_k, ORDERED)
+    mask = mask_d[:, None] & mask_l[None, :]
+    u = tl.load(u_ptr + b * su_b + uch[:, None] * su_c + pos[None, :], mask=mask, other=0.0)
+    z, dt = _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS, SOFTPLUS)
+    return pos, mask_l, mask, u.to(tl.float32), z, dt
+
+
+@triton.jit
 def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, y_ptr,
                      state_ptr, L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n, sC_b,
                      sC_k, sC_n, so_b, so_k, sy_b, sy_c,
@@ -97,12 +109,9 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
         A = tl.load(A_ptr + ch[:, None] * N + cols[None, :], mask=mask_dn, other=0.0) * LOG2E
         carry = tl.zeros([BLOCK_D, NP], tl.float32)
         for c in range(n_chunks):
-            pos, mask_l = _positions(order_ptr, b, k, c * BLOCK_L + offs, L, so_b, so_k, ORDERED)
-            mask = mask_d[:, None] & mask_l[None, :]
-            u = tl.load(u_ptr + b * su_b + uch[:, None] * su_c + pos[None, :], mask=mask,
-                        other=0.0).to(tl.float32)
-            _, dt = _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS,
-                           SOFTPLUS)
+            pos, mask_l, mask, u, _, dt = _chunk_inputs(
+                u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
+                su_b, su_c, sdt_b, sdt_c, so_b, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
             dtu = dt * u
             y = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
             if HAS_D:
@@ -160,12 +169,9 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
         part = ((b * K + k) * n_blocks + blk) * N
         for cc in range(n_chunks):
             c = n_chunks - 1 - cc
-            pos, mask_l = _positions(order_ptr, b, k, c * BLOCK_L + offs, L, so_b, so_k, ORDERED)
-            mask = mask_d[:, None] & mask_l[None, :]
-            u = tl.load(u_ptr + b * su_b + uch[:, None] * su_c + pos[None, :], mask=mask,
-                        other=0.0).to(tl.float32)
-            z, dt = _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS,
-                           SOFTPLUS)
+            pos, mask_l, mask, u, z, dt = _chunk_inputs(
+                u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
+                su_b, su_c, sdt_b, sdt_c, so_b, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
             # delta one step later, for the gate a_{t+1} of the reverse recurrence
             pos_next, mask_l_next = _positions(order_ptr, b, k, c * BLOCK_L + offs + 1, L, so_b,
                                                so_k, ORDERED)

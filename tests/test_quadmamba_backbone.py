@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from quadmamba_mm.models import QuadMamba
+from quadmamba_mm.models.classifier import QuadMambaClassifier
 from quadmamba_mm.models.quadmamba import SHIFT_DIRECTIONS
 from quadmamba_mm.utils.complexity import count_params_and_flops
 
@@ -14,25 +15,14 @@ def tiny(**kwargs):
     return QuadMamba(arch=TINY, **kwargs)
 
 
-class Classifier(torch.nn.Module):
-    """Backbone + global average pooling + 1000-way linear head, as the paper counts."""
-
-    def __init__(self, arch):
-        super().__init__()
-        self.backbone = QuadMamba(arch)
-        self.head = torch.nn.Linear(self.backbone.dims[-1], 1000)
-
-    def forward(self, x):
-        return self.head(self.backbone(x)[-1].mean((2, 3)))
-
-
 # Paper Table 7: params (M) and FLOPs (G) at 224x224.
 PAPER = {'li': (5.47, 0.82), 't': (10.32, 2.07), 's': (31.25, 5.51), 'b': (50.6, 9.30)}
 
 
 @pytest.mark.parametrize('arch', sorted(PAPER))
 def test_params_and_flops_match_the_paper(arch):
-    params, flops = count_params_and_flops(Classifier(arch).eval(), (torch.randn(1, 3, 224, 224), ))
+    params, flops = count_params_and_flops(QuadMambaClassifier(arch).eval(),
+                                           (torch.randn(1, 3, 224, 224), ))
     paper_params, paper_flops = PAPER[arch]
     assert abs(params / 1e6 / paper_params - 1) < 0.02, params
     assert abs(flops / 1e9 / paper_flops - 1) < 0.03, flops

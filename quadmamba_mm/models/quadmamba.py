@@ -24,13 +24,14 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from quadmamba_kernels import available_backends, selective_scan
+from quadmamba_kernels import available_backends, resolve_backend, selective_scan
 
 from ..registry import MODELS
 from .drop_path import DropPath
 from .quadtree import (LocalityPredictor, check_scan_layout, choose_window, quadtree_gather,
                        upstream_quadtree_sequences, window_scores)
-from .scan_orders import cross_merge, cross_scan, merge_sequences, quadtree_orders
+from .scan_orders import (cross_merge, cross_scan, cross_scan_orders, merge_sequences,
+                          quadtree_orders)
 
 # Omnidirectional shift: odd blocks roll the map by (sign_h * H//8, sign_w * W//8); the
 # signs cycle with the global block index (index // 2 % 4).
@@ -128,28 +129,39 @@ class SS2D(nn.Module):
                 k * d_inner, 1))
         self.Ds.fill_(1.0)
 
-    def sequences(self, x: Tensor, scored: Tensor) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """The K scan sequences ``(B, K, D, L)`` of the map ``x`` ``(B, H, W, D)``, and the
-        function that merges the K scan outputs back into one ``(B, D, L)`` map. The
-        quadtree's window choice is made from the token scores of ``scored``."""
-        batch, height, width, dim = x.shape
-        chw = x.permute(0, 3, 1, 2)
-        if self.scan == 'cross':
-            return cross_scan(chw), lambda y: cross_merge(y, height, width)
+    def window_choice(self, x: Tensor, scored: Tensor) -> Tensor:
+        """``(B, G)`` one-hot choice of the coarse window to refine, from the token scores
+        of ``scored`` (or the fixed window)."""
         if self.predictor is None:  # fixed window: the same one-hot choice for every sample
-            choice = x.new_zeros(batch, self.quadtree_grid**2)
+            choice = x.new_zeros(x.shape[0], self.quadtree_grid**2)
             choice[:, self.fixed_window] = 1
-        else:
-            scores = window_scores(self.predictor(scored), self.quadtree_grid)
-            choice = choose_window(scores, self.training, self.gumbel_tau)
-        flat = chw.reshape(batch, dim, height * width)
+            return choice
+        scores = window_scores(self.predictor(scored), self.quadtree_grid)
+        return choose_window(scores, self.training, self.gumbel_tau)
+
+    def scan_orders(self, choice: Optional[Tensor], height: int, width: int,
+                    device: torch.device) -> Tensor:
+        """``(1 or B, K, L)``: the map positions each of the K scans visits in turn."""
+        if self.scan == 'cross':
+            return cross_scan_orders(height, width, device)[0]
+        orders, _ = quadtree_orders(height, width, self.quadtree_grid, self.quadtree_split,
+                                    device)
+        return orders[choice.argmax(-1)]
+
+    def sequences(self, flat: Tensor, choice: Optional[Tensor], height: int,
+                  width: int) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """The K scan sequences ``(B, K, D, L)`` of the ``(B, D, L)`` map, and the function
+        that merges the K scan outputs back into one ``(B, D, L)`` map."""
+        if self.scan == 'cross':
+            return (cross_scan(flat.unflatten(2, (height, width))),
+                    lambda y: cross_merge(y, height, width))
         if self.scan_layout == 'upstream':
             return upstream_quadtree_sequences(flat, choice, height, width)
         orders, inverses = quadtree_orders(height, width, self.quadtree_grid,
-                                           self.quadtree_split, x.device)
-        xs = quadtree_gather(flat, choice, orders, inverses)
+                                           self.quadtree_split, flat.device)
         inverse = inverses[choice.argmax(-1)]
-        return xs, lambda y: merge_sequences(y, inverse)
+        return (quadtree_gather(flat, choice, orders, inverses),
+                lambda y: merge_sequences(y, inverse))
 
     def forward(self, x: Tensor, shift: Optional[Tuple[int, int]] = None) -> Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``; ``shift`` rolls the map around the scan."""
@@ -162,13 +174,29 @@ class SS2D(nn.Module):
             if self.scan_layout != 'upstream':  # ...we score the windows as they are scanned
                 scored = x
 
-        xs, merge = self.sequences(x, scored)  # (B, K, D, L)
         k, d, n, length = self.num_directions, self.d_inner, self.d_state, height * width
-        x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
+        flat = x.permute(0, 3, 1, 2).reshape(batch, d, length)
+        choice = None if self.scan == 'cross' else self.window_choice(x, scored)
+        # A backend that reads the orders in place gets the map, the per-token projections
+        # in map order and the orders, and returns the merged map. Not for the upstream
+        # layout (not a permutation), nor when the window choice needs its straight-through
+        # gradient, which comes from the gathered sequences.
+        in_place = (resolve_backend(self.scan_backend, x.device).gathers_orders
+                    and (choice is None or (self.scan_layout != 'upstream'
+                                            and not choice.requires_grad)))
+        if in_place:
+            orders = self.scan_orders(choice, height, width, x.device)
+            x_dbl = torch.einsum('bdl,kcd->bkcl', flat, self.x_proj_weight)
+            u = flat
+        else:
+            orders = None
+            xs, merge = self.sequences(flat, choice, height, width)  # (B, K, D, L)
+            x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
+            u = xs.reshape(batch, k * d, length)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
         dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)
         y = selective_scan(
-            xs.reshape(batch, k * d, length),
+            u,
             dts.reshape(batch, k * d, length),
             -torch.exp(self.A_logs.float()),
             Bs.contiguous(),
@@ -176,9 +204,11 @@ class SS2D(nn.Module):
             self.Ds.float(),
             self.dt_projs_bias.float().flatten(),
             delta_softplus=True,
+            orders=orders,
             backend=self.scan_backend,
             output_fp32=True)
-        y = merge(y.view(batch, k, d, length))
+        if orders is None:
+            y = merge(y.view(batch, k, d, length))
         y = y.view(batch, d, height, width).permute(0, 2, 3, 1)
         if shift is not None:
             y = torch.roll(y, shifts=(-shift[0], -shift[1]), dims=(1, 2))

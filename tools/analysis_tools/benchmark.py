@@ -4,7 +4,9 @@
         [--batch-size 1] [--shape 224] [--repeat 7] [--warmup 2] [--train] [--amp bf16]
 
 CONFIG is a file or a toolbox config such as
-``mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py``. The models run interleaved,
+``mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py``, or, without the OpenMMLab
+toolboxes (torch and mmengine only), ``quadmamba:ARCH`` (the backbone with a pooled linear
+1000-class head) or ``timm:NAME`` (a timm model). The models run interleaved,
 round by round, on the same input; the table gives the median time per batch, images per
 second and the ratio to the first config. ``--train`` times forward + backward (the
 optimizer step excluded); otherwise an inference forward.
@@ -17,11 +19,33 @@ import torch
 from mmengine.config import Config
 from mmengine.hub import get_config
 
+from quadmamba_mm.models.classifier import QuadMambaClassifier
 from quadmamba_mm.utils.toolbox import build_model
 
 
 def load_config(path: str) -> Config:
     return get_config(path) if '::' in path else Config.fromfile(path)
+
+
+class TensorMode(torch.nn.Module):
+    """An OpenMMLab model called in ``mode='tensor'`` (no data samples, no post-processing)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x, mode='tensor')
+
+
+def build(spec: str) -> torch.nn.Module:
+    kind, _, name = spec.partition(':')
+    if kind == 'quadmamba' and '::' not in spec:
+        return QuadMambaClassifier(name)
+    if kind == 'timm' and '::' not in spec:
+        import timm
+        return timm.create_model(name)
+    return TensorMode(build_model(load_config(spec)))
 
 
 def step_fn(model, inputs, train: bool, amp):
@@ -30,12 +54,12 @@ def step_fn(model, inputs, train: bool, amp):
     def step():
         with torch.autocast(device_type, dtype=amp, enabled=amp is not None):
             if train:
-                outputs = model(inputs, mode='tensor')
+                outputs = model(inputs)
                 outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs, )
                 sum(o.float().mean() for o in outputs).backward()
             else:
                 with torch.no_grad():
-                    model(inputs, mode='tensor')
+                    model(inputs)
         if device_type == 'cuda':
             torch.cuda.synchronize()
 
@@ -63,7 +87,7 @@ def main():
 
     steps = []
     for path in args.configs:
-        model = build_model(load_config(path)).to(device)
+        model = build(path).to(device)
         model.train(args.train)
         steps.append(step_fn(model, inputs, args.train, amp))
     times = [[] for _ in steps]
