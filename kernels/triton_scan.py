@@ -159,8 +159,9 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
             uch = d
         mask_dn = mask_d[:, None] & (cols < N)[None, :]
         A = tl.load(A_ptr + ch[:, None] * N + cols[None, :], mask=mask_dn, other=0.0)
-        D = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D],
-                                                                              tl.float32)
+        D = tl.zeros([BLOCK_D], tl.float32)
+        if HAS_D:
+            D = tl.load(D_ptr + ch, mask=mask_d, other=0.0)
         dh_carry = tl.zeros([BLOCK_D, NP], tl.float32)  # dL/dh at the first step of the chunk after
         dA = tl.zeros([BLOCK_D, NP], tl.float32)
         dD = tl.zeros([BLOCK_D], tl.float32)

@@ -59,6 +59,12 @@ def test_chunked_kernel_matches_reference(small_blocks, dtype, n_state, length):
                                dtype=dtype), dtype)
 
 
+def test_without_D_and_delta_bias(small_blocks):
+    inputs = make_inputs(batch=1, k=2, dim=3, n_state=2, length=21)
+    inputs.update(D=None, delta_bias=None)
+    assert_matches(inputs, torch.float32)
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('shared', [True, False])
 def test_orders_read_in_place_match_the_unfused_path(small_blocks, dtype, shared):
