@@ -23,6 +23,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+from quadmamba_kernels.scan_orders import to_scan_order
+
 
 def split_bounds(start: int, stop: int, parts: int) -> List[int]:
     """``parts + 1`` boundaries cutting ``[start, stop)`` into near-equal pieces."""
@@ -140,10 +142,7 @@ def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
 
 def gather_sequences(x: Tensor, order: Tensor) -> Tensor:
     """``(B, D, L)`` map and ``(1 or B, K, L)`` orders -> ``(B, K, D, L)`` sequences."""
-    batch, dim, length = x.shape
-    k = order.shape[1]
-    index = order[:, :, None, :].expand(batch, k, dim, length)
-    return x[:, None].expand(batch, k, dim, length).gather(-1, index)
+    return to_scan_order(x[:, None], order)
 
 
 def merge_sequences(y: Tensor, inverse: Tensor) -> Tensor:
