@@ -7,19 +7,21 @@ and picks the backend: ``'auto'`` takes the highest-priority backend that runs o
 tensors' device.
 
 With ``orders``, the inputs are in 2-D map order and the K directions' outputs come back
-summed in map order (see :func:`selective_scan`). Backends that read the orders in place
+summed in map order (see :func:`selective_scan`): the caller says "scan these K orders of
+this map" and the backend decides how. Backends that read the orders in place
 (``gathers_orders``) get them; for the others the sequences are gathered and the outputs
 scattered around the scan in PyTorch: the unfused reference path.
 """
+import weakref
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .chunked import selective_scan_chunked, selective_scan_chunked_backward
 from .reference import selective_scan_reference
-from .scan_orders import check_orders, to_map_order, to_scan_order
+from .map_order import ScanOrders
 
 ScanFn = Callable[..., Tensor]
 
@@ -42,8 +44,9 @@ class ScanBackend:
             states, say) is then passed to ``backward`` after ``delta_softplus``.
         auto: whether ``'auto'`` may pick it on a device it supports (a backend can run on
             the CPU for tests without being the CPU's default).
-        gathers_orders: ``fn`` and ``backward`` take ``orders=`` and read the map-order
-            layout of :func:`selective_scan` themselves.
+        gathers_orders: ``fn`` and ``backward`` take ``orders=`` (``(G, K, L)`` int32
+            candidate orders) and ``order_index=`` (``(B,)`` or None) and read the
+            map-order layout of :func:`selective_scan` themselves.
     """
     name: str
     fn: ScanFn
@@ -96,8 +99,9 @@ class SelectiveScanFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, backend, delta_softplus, orders, u, delta, A, B, C, D, delta_bias):
-        options = {} if orders is None else {'orders': orders}
+    def forward(ctx, backend, delta_softplus, orders, order_index, u, delta, A, B, C, D,
+                delta_bias):
+        options = {} if orders is None else {'orders': orders, 'order_index': order_index}
         with torch.no_grad():
             out = backend.fn(u, delta, A, B, C, D, delta_bias, delta_softplus, **options)
         y, saved = out if isinstance(out, tuple) else (out, None)
@@ -109,7 +113,7 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         *saved, extra = ctx.saved_tensors
-        needed = ctx.needs_input_grad[3:]
+        needed = ctx.needs_input_grad[4:]
         if ctx.backend.backward is not None:
             grads = ctx.backend.backward(grad_y, *saved, ctx.delta_softplus,
                                          *([extra] if ctx.has_saved else []), **ctx.options)
@@ -121,12 +125,13 @@ class SelectiveScanFn(torch.autograd.Function):
             wanted = [t for t in inputs if t is not None and t.requires_grad]
             found = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else [])
             grads = [next(found) if t is not None and t.requires_grad else None for t in inputs]
-        return (None, None, None) + tuple(
+        return (None, None, None, None) + tuple(
             g.to(t.dtype) if need and g is not None else None
             for g, t, need in zip(grads, saved, needed))
 
 
-def _check_inputs(u, delta, A, B, C, D, delta_bias, orders) -> None:
+def _check_inputs(u, delta, A, B, C, D, delta_bias,
+                  orders: Union[None, Tensor, ScanOrders]) -> None:
 
     def fail(msg):
         raise ValueError(f'selective_scan: {msg}')
@@ -156,8 +161,38 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias, orders) -> None:
     devices = {t.device for t in (u, delta, A, B, C, D, delta_bias, orders) if t is not None}
     if len(devices) > 1:
         fail(f'all inputs must be on one device, got {sorted(map(str, devices))}')
-    if orders is not None:
-        check_orders(orders, batch, groups, length)
+    if isinstance(orders, Tensor):
+        if orders.dim() != 3 or orders.shape[0] not in (1, batch) or tuple(
+                orders.shape[1:]) != (groups, length):
+            fail(f'orders must be (1 or batch={batch}, K={groups}, L={length}), '
+                 f'got {tuple(orders.shape)}')
+        if orders.dtype.is_floating_point or orders.dtype.is_complex or orders.dtype == torch.bool:
+            fail(f'orders must be an integer tensor, got {orders.dtype}')
+    elif orders is not None and tuple(orders.shape[1:]) != (groups, length):
+        fail(f'orders must be (candidates, K={groups}, L={length}), got {tuple(orders.shape)}')
+
+
+# Raw order tensors that were checked, by id while alive, with the version they had then.
+_CHECKED: Dict[int, Tuple[weakref.ref, int, ScanOrders]] = {}
+
+
+def as_scan_orders(orders: Union[Tensor, ScanOrders], batch: int) -> Tuple[ScanOrders,
+                                                                           Optional[Tensor]]:
+    """``(ScanOrders, order_index)`` for a :class:`ScanOrders` or a raw ``(1 or batch, K, L)``
+    tensor (checked once per tensor and version: the check syncs)."""
+    if isinstance(orders, ScanOrders):
+        return orders, None
+    key = id(orders)
+    ref, version, checked = _CHECKED.get(key, (None, None, None))
+    if ref is None or ref() is not orders or version != orders._version:
+        try:
+            checked = ScanOrders(orders)
+        except ValueError as error:
+            raise ValueError(f'selective_scan: {error}') from None
+        _CHECKED[key] = (weakref.ref(orders, lambda _: _CHECKED.pop(key, None)),
+                         orders._version, checked)
+    per_sample = orders.shape[0] > 1
+    return checked, (torch.arange(batch, device=orders.device) if per_sample else None)
 
 
 def selective_scan(u: Tensor,
@@ -169,7 +204,8 @@ def selective_scan(u: Tensor,
                    delta_bias: Optional[Tensor] = None,
                    delta_softplus: bool = False,
                    *,
-                   orders: Optional[Tensor] = None,
+                   orders: Union[None, Tensor, ScanOrders] = None,
+                   order_index: Optional[Tensor] = None,
                    backend: str = 'auto',
                    output_fp32: bool = False) -> Tensor:
     """Selective scan with the mamba signature; see :func:`selective_scan_reference`.
@@ -177,30 +213,48 @@ def selective_scan(u: Tensor,
     The state and all arithmetic are fp32 whatever the input dtypes and autocast say.
 
     Args:
-        orders: ``(1 or batch, K, L)`` integer permutations for the map-order layout: ``u``
-            is then the ``(batch, D, L)`` map, ``delta`` ``(batch, K*D, L)`` and ``B``, ``C``
+        orders: the map-order layout: a :class:`ScanOrders` of ``(G, K, L)`` candidate
+            orders (checked once when made; build one per map size and reuse it) or a raw
+            ``(1 or batch, K, L)`` integer tensor of permutations. ``u`` is then the
+            ``(batch, D, L)`` map, ``delta`` ``(batch, K*D, L)`` and ``B``, ``C``
             ``(batch, K, N, L)`` hold each direction's values at the map positions, and
-            direction k scans the positions ``orders[., k]`` in turn. Returns the
+            direction k scans the positions ``orders[g, k]`` in turn. Returns the
             ``(batch, D, L)`` map-order sum of the K directions' outputs; equal to gathering
             the K sequences, scanning, and scattering the outputs back.
+        order_index: ``(batch,)`` integers, the candidate set ``g`` of each sample (for a
+            :class:`ScanOrders` with several candidates).
         backend: a registered backend name or ``'auto'``.
         output_fp32: return fp32 (for AMP) instead of the dtype of ``u``.
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias, orders)
+    if orders is None or isinstance(orders, Tensor):
+        if order_index is not None:
+            raise ValueError('selective_scan: order_index needs orders as a ScanOrders')
+        if orders is not None:
+            orders, order_index = as_scan_orders(orders, delta.shape[0])
+    else:
+        try:
+            orders.check_index(order_index, delta.shape[0])
+        except ValueError as error:
+            raise ValueError(f'selective_scan: {error}') from None
     impl = resolve_backend(backend, u.device)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        if orders is None or impl.gathers_orders:
-            y = SelectiveScanFn.apply(impl, delta_softplus, orders, u, delta, A, B, C, D,
+        if orders is None:
+            y = SelectiveScanFn.apply(impl, delta_softplus, None, None, u, delta, A, B, C, D,
                                       delta_bias)
+        elif impl.gathers_orders:
+            index = None if order_index is None else order_index.to(torch.int32)
+            y = SelectiveScanFn.apply(impl, delta_softplus, orders.orders_int32, index, u,
+                                      delta, A, B, C, D, delta_bias)
         else:
             batch, channels, length = delta.shape
             k = B.shape[1]
-            sequences = [to_scan_order(t, orders).flatten(1, 2) for t in (
+            sequences = [orders.to_scan_order(t, order_index).flatten(1, 2) for t in (
                 u[:, None], delta.view(batch, k, channels // k, length))]
-            y = SelectiveScanFn.apply(impl, delta_softplus, None, *sequences, A,
-                                      to_scan_order(B, orders), to_scan_order(C, orders), D,
-                                      delta_bias)
-            y = to_map_order(y.view(batch, k, channels // k, length), orders)
+            y = SelectiveScanFn.apply(impl, delta_softplus, None, None, *sequences, A,
+                                      orders.to_scan_order(B, order_index),
+                                      orders.to_scan_order(C, order_index), D, delta_bias)
+            y = orders.to_map_order(y.view(batch, k, channels // k, length), order_index)
     return y if output_fp32 else y.to(u.dtype)
 
 

@@ -13,8 +13,9 @@ as a forward scan of the flipped chunk (``associative_scan(reverse=True)`` has h
 ordering bugs for non-commutative combines on GPUs, triton issue #4362).
 
 Scan orders (``ordered=True``): ``u`` is then the ``(B, D, L)`` map in 2-D order, ``delta``,
-``B`` and ``C`` hold the per-direction values at each map position, and ``orders[., k, i]`` is
-the map position scanned at step ``i`` of direction ``k``. The kernels gather through the
+``B`` and ``C`` hold the per-direction values at each map position, and ``orders[g, k, i]``
+is the map position scanned at step ``i`` of direction ``k``, ``g = order_index[b]`` being
+the candidate set of sample ``b`` (read by the kernel: no host sync). The kernels gather through the
 orders while they scan and add the K directions' outputs at their map positions, so the K
 reordered copies of the map and of the outputs never exist in memory. Without orders, the
 layout is mamba's: ``u``, ``delta`` and ``y`` are ``(B, K*D, L)`` in scan order.
@@ -52,12 +53,20 @@ def _column(tile, cols, n):
 
 
 @triton.jit
-def _positions(order_ptr, b, k, steps, L, so_b, so_k, ORDERED: tl.constexpr):
+def _order_base(order_ptr, index_ptr, b, stride_order_set, HAS_INDEX: tl.constexpr):
+    """The orders of sample b: candidate set ``order_index[b]`` (or the only one)."""
+    if HAS_INDEX:
+        return order_ptr + tl.load(index_ptr + b).to(tl.int64) * stride_order_set
+    return order_ptr
+
+
+@triton.jit
+def _positions(order_ptr, k, steps, L, so_k, ORDERED: tl.constexpr):
     """The positions in memory of scan steps ``steps`` of direction k, and their mask."""
     mask_l = steps < L
     pos = steps
     if ORDERED:
-        pos = tl.load(order_ptr + b * so_b + k * so_k + steps, mask=mask_l, other=0)
+        pos = tl.load(order_ptr + k * so_k + steps, mask=mask_l, other=0)
     return pos, mask_l
 
 
@@ -77,10 +86,10 @@ def _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS: t
 
 @triton.jit
 def _chunk_inputs(u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, steps, mask_d, L, su_b,
-                  su_c, sdt_b, sdt_c, so_b, so_k, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                  su_c, sdt_b, sdt_c, so_k, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                   ORDERED: tl.constexpr):
     """Positions, masks, u, ``delta + bias`` and the step size at scan steps ``steps``."""
-    pos, mask_l = _positions(order_ptr, b, k, steps, L, so_b, so_k, ORDERED)
+    pos, mask_l = _positions(order_ptr, k, steps, L, so_k, ORDERED)
     mask = mask_d[:, None] & mask_l[None, :]
     u = tl.load(u_ptr + b * su_b + uch[:, None] * su_c + pos[None, :], mask=mask, other=0.0)
     z, dt = _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS, SOFTPLUS)
@@ -88,13 +97,14 @@ def _chunk_inputs(u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, steps, mask
 
 
 @triton.jit
-def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, y_ptr,
-                     state_ptr, L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n, sC_b,
-                     sC_k, sC_n, so_b, so_k, sy_b, sy_c,
+def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, index_ptr,
+                     y_ptr, state_ptr, L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n,
+                     sC_b, sC_k, sC_n, so_g, so_k, sy_b, sy_c,
                      N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_L: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr):
+                     SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr, HAS_INDEX: tl.constexpr):
     b = tl.program_id(0)
+    order_ptr = _order_base(order_ptr, index_ptr, b, so_g, HAS_INDEX)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < DIM
     cols = tl.arange(0, NP)
@@ -111,7 +121,7 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
         for c in range(n_chunks):
             pos, mask_l, mask, u, _, dt = _chunk_inputs(
                 u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
-                su_b, su_c, sdt_b, sdt_c, so_b, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
+                su_b, su_c, sdt_b, sdt_c, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
             dtu = dt * u
             y = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
             if HAS_D:
@@ -137,14 +147,15 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
 
 
 @triton.jit
-def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, dy_ptr,
-                     state_ptr, du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-                     L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n, sC_b, sC_k, sC_n,
-                     so_b, so_k, sdy_b, sdy_c, sdu_b, sdu_c,
+def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, index_ptr,
+                     dy_ptr, state_ptr, du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
+                     dbias_ptr, L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n, sC_b,
+                     sC_k, sC_n, so_g, so_k, sdy_b, sdy_c, sdu_b, sdu_c,
                      N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_L: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr):
+                     SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr, HAS_INDEX: tl.constexpr):
     b = tl.program_id(0)
+    order_ptr = _order_base(order_ptr, index_ptr, b, so_g, HAS_INDEX)
     blk = tl.program_id(1)
     n_blocks = tl.num_programs(1)
     d = blk * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -172,10 +183,10 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
             c = n_chunks - 1 - cc
             pos, mask_l, mask, u, z, dt = _chunk_inputs(
                 u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
-                su_b, su_c, sdt_b, sdt_c, so_b, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
+                su_b, su_c, sdt_b, sdt_c, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
             # delta one step later, for the gate a_{t+1} of the reverse recurrence
-            pos_next, mask_l_next = _positions(order_ptr, b, k, c * BLOCK_L + offs + 1, L, so_b,
-                                               so_k, ORDERED)
+            pos_next, mask_l_next = _positions(order_ptr, k, c * BLOCK_L + offs + 1, L, so_k,
+                                               ORDERED)
             mask_next = mask_d[:, None] & mask_l_next[None, :]
             _, dt_next = _delta(dt_ptr, bias_ptr, b, ch, pos_next, mask_next, mask_d, sdt_b,
                                 sdt_c, HAS_BIAS, SOFTPLUS)
@@ -235,27 +246,27 @@ def launch_blocks(length: int, dim: int) -> Tuple[int, int]:
     return block_d, block_l
 
 
-def _prepare(u, delta, A, B, C, orders):
-    """Contiguous inputs, the per-direction width and the int32 orders (or a dummy)."""
+def _prepare(u, delta, A, B, C):
+    """Contiguous inputs and the per-direction width."""
     u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     A = A.float().contiguous()
     k = B.shape[1]
-    dim = delta.shape[1] // k
-    if orders is None:
-        orders = torch.zeros(1, 1, 1, dtype=torch.int32, device=u.device)
-    else:
-        orders = orders.to(torch.int32).contiguous()
-    return u, delta, A, B, C, k, dim, orders
+    return u, delta, A, B, C, k, delta.shape[1] // k
 
 
 def _optional(t: Optional[Tensor], like: Tensor) -> Tensor:
     return like if t is None else t.float().contiguous()
 
 
-def _order_strides(orders: Tensor, ordered: bool) -> Tuple[int, int]:
-    if not ordered:
-        return 0, 0
-    return (orders.stride(0) if orders.shape[0] > 1 else 0), orders.stride(1)
+def _order_arguments(orders: Optional[Tensor], order_index: Optional[Tensor],
+                     like: Tensor) -> Tuple[Tensor, Tensor, int, int]:
+    """``(orders, order_index, stride_order_set, stride_order_direction)``, with the
+    tensor ``like`` standing in for absent ones (never read: the kernels are specialised)."""
+    if orders is None:
+        return like, like, 0, 0
+    orders = orders.to(torch.int32).contiguous()
+    index = like if order_index is None else order_index.to(torch.int32).contiguous()
+    return orders, index, orders.stride(0), orders.stride(1)
 
 
 def selective_scan_triton(u: Tensor,
@@ -266,7 +277,8 @@ def selective_scan_triton(u: Tensor,
                           D: Optional[Tensor] = None,
                           delta_bias: Optional[Tensor] = None,
                           delta_softplus: bool = False,
-                          orders: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                          orders: Optional[Tensor] = None,
+                          order_index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The selective scan of :func:`~quadmamba_kernels.reference.selective_scan_reference`
     (without orders) or of the ordered layout described in the module docstring.
 
@@ -274,7 +286,8 @@ def selective_scan_triton(u: Tensor,
         ``y`` in fp32 (``(B, K*D, L)``, or ``(B, D, L)`` in map order with ``orders``) and
         the fp32 states at the chunk ends, for the backward pass.
     """
-    u, delta, A, B, C, k, dim, order_t = _prepare(u, delta, A, B, C, orders)
+    u, delta, A, B, C, k, dim = _prepare(u, delta, A, B, C)
+    order_args = _order_arguments(orders, order_index, A)
     batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
     block_d, block_l = launch_blocks(length, dim)
     n_chunks = triton.cdiv(length, block_l)
@@ -282,12 +295,12 @@ def selective_scan_triton(u: Tensor,
     states = torch.empty(batch, k * dim, n_chunks, n_state, device=u.device)
     ordered = orders is not None
     _scan_fwd_kernel[(batch, triton.cdiv(dim, block_d))](
-        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), order_t, y, states,
-        length, dim, k, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-        *B.stride()[:3], *C.stride()[:3], *_order_strides(order_t, ordered), y.stride(0),
-        y.stride(1), N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d,
-        BLOCK_L=block_l, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, ORDERED=ordered)
+        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], y,
+        states, length, dim, k, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+        *B.stride()[:3], *C.stride()[:3], *order_args[2:], y.stride(0), y.stride(1),
+        N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d, BLOCK_L=block_l,
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        ORDERED=ordered, HAS_INDEX=order_index is not None)
     return y, states
 
 
@@ -301,10 +314,13 @@ def selective_scan_triton_backward(grad_y: Tensor,
                                    delta_bias: Optional[Tensor],
                                    delta_softplus: bool,
                                    states: Tensor,
-                                   orders: Optional[Tensor] = None) -> Tuple[Optional[Tensor], ...]:
+                                   orders: Optional[Tensor] = None,
+                                   order_index: Optional[Tensor] = None
+                                   ) -> Tuple[Optional[Tensor], ...]:
     """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` (fp32; None for absent inputs)
     from the chunk-end ``states`` of :func:`selective_scan_triton`."""
-    u, delta, A, B, C, k, dim, order_t = _prepare(u, delta, A, B, C, orders)
+    u, delta, A, B, C, k, dim = _prepare(u, delta, A, B, C)
+    order_args = _order_arguments(orders, order_index, A)
     grad_y = grad_y.contiguous()
     batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
     block_d, block_l = launch_blocks(length, dim)
@@ -319,12 +335,12 @@ def selective_scan_triton_backward(grad_y: Tensor,
     dD = torch.empty(batch, k * dim, device=dev)
     dbias = torch.empty_like(dD)
     _scan_bwd_kernel[(batch, n_blocks)](
-        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), order_t, grad_y, states,
-        du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, u.stride(0), u.stride(1),
-        delta.stride(0), delta.stride(1), *B.stride()[:3], *C.stride()[:3],
-        *_order_strides(order_t, ordered), grad_y.stride(0), grad_y.stride(1), du.stride(0),
-        du.stride(1), N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d,
-        BLOCK_L=block_l, HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, ORDERED=ordered)
+        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], grad_y,
+        states, du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, u.stride(0), u.stride(1),
+        delta.stride(0), delta.stride(1), *B.stride()[:3], *C.stride()[:3], *order_args[2:],
+        grad_y.stride(0), grad_y.stride(1), du.stride(0), du.stride(1), N=n_state,
+        NP=triton.next_power_of_2(n_state), BLOCK_D=block_d, BLOCK_L=block_l,
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        ORDERED=ordered, HAS_INDEX=order_index is not None)
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
             None if delta_bias is None else dbias.sum(0))

@@ -7,7 +7,7 @@ import torch
 
 from .models.quadmamba import QuadMamba
 from .models.quadtree import window_scores
-from .models.scan_orders import split_bounds
+from .models.token_orders import split_bounds
 
 
 def backbone_input(image: np.ndarray, preprocessor: dict) -> torch.Tensor:

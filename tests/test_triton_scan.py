@@ -4,14 +4,24 @@ scanned elements in all) because the interpreter runs a scan step by step in Pyt
 import pytest
 import torch
 
-from quadmamba_kernels import available_backends, selective_scan
+from quadmamba_kernels import ScanOrders, available_backends, resolve_backend, selective_scan
 
 from test_selective_scan import assert_close_rel, make_inputs
 
-pytestmark = pytest.mark.skipif('triton' not in available_backends('cpu'),
-                                reason='triton is not installed')
-
+# Compiled on a GPU when there is one, else through the interpreter. Gated on the device the
+# tests use: on CUDA nothing is skipped (a missing backend fails below).
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+pytestmark = pytest.mark.skipif(
+    DEVICE == 'cpu' and 'triton' not in available_backends('cpu'),
+    reason='triton is not installed (on the CPU these tests need its interpreter)')
+
+
+def test_triton_is_the_cuda_backend():
+    """On a GPU machine the Triton backend must be there and be what 'auto' picks."""
+    if DEVICE != 'cuda':
+        pytest.skip('no CUDA device')
+    assert 'triton' in available_backends('cuda'), 'triton backend unavailable on CUDA'
+    assert resolve_backend('auto', torch.device('cuda')).name == 'triton'
 # mamba's test tolerances for fp32 and bf16 inputs; ours are relative to the largest value.
 TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-5, 1e-2)}
 
@@ -32,11 +42,11 @@ def random_orders(batch, k, length, seed=0):
 
 def scan_and_grads(inputs, backend, **kwargs):
     leaves = {k: v.detach().to(DEVICE).requires_grad_(v.is_floating_point())
-              for k, v in inputs.items() if v is not None}
+              if isinstance(v, torch.Tensor) else v for k, v in inputs.items() if v is not None}
     y = selective_scan(**leaves, delta_softplus=True, backend=backend, output_fp32=True,
                        **kwargs)
     grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
-    wanted = {k: v for k, v in leaves.items() if v.requires_grad}
+    wanted = {k: v for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad}
     return y, dict(zip(wanted, torch.autograd.grad(y, list(wanted.values()), grad_out)))
 
 
@@ -79,11 +89,30 @@ def test_orders_read_in_place_match_the_unfused_path(small_blocks, dtype, shared
 
 def test_cross_scan_orders_in_place(small_blocks):
     """The 4 VMamba directions of a 5x7 map, as the backbone passes them."""
-    from quadmamba_mm.models.scan_orders import cross_scan_orders
+    from quadmamba_mm.models.token_orders import cross_scan_orders
     orders, _ = cross_scan_orders(5, 7)
     inputs = make_inputs(batch=1, k=4, dim=2, n_state=1, length=35)
     inputs.update(u=inputs['u'][:, :2], orders=orders)
     assert_matches(inputs, torch.float32)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_candidate_orders_picked_per_sample(small_blocks, dtype):
+    """Candidate order sets plus a per-sample index (what the quadtree stages pass), read by
+    the kernel, equal the unfused path of the same orders."""
+    batch, k, dim, length = 3, 2, 3, 37
+    inputs = make_inputs(batch=batch, k=k, dim=dim, n_state=2, length=length, dtype=dtype)
+    inputs['u'] = inputs['u'][:, :dim]
+    candidates = random_orders(4, k, length, seed=3)
+    index = torch.tensor([2, 0, 2])
+    inputs.update(orders=ScanOrders(candidates.to(DEVICE)), order_index=index.to(DEVICE))
+    y, grads = scan_and_grads(inputs, 'triton')
+    inputs.update(orders=candidates[index], order_index=None)
+    y_ref, grads_ref = scan_and_grads(inputs, 'reference')
+    y_tol, g_tol = TOLERANCE[dtype]
+    assert_close_rel(y, y_ref, y_tol, 'y')
+    for name in grads_ref:
+        assert_close_rel(grads[name], grads_ref[name], g_tol, f'grad {name}')
 
 
 def test_default_blocks_cover_a_long_sequence():

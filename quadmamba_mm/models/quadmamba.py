@@ -24,14 +24,12 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from quadmamba_kernels import available_backends, resolve_backend, selective_scan
+from quadmamba_kernels import available_backends, selective_scan
 
 from ..registry import MODELS
 from .drop_path import DropPath
-from .quadtree import (LocalityPredictor, check_scan_layout, choose_window, quadtree_gather,
-                       upstream_quadtree_sequences, window_scores)
-from .scan_orders import (cross_merge, cross_scan, cross_scan_orders, merge_sequences,
-                          quadtree_orders)
+from .quadtree import LocalityPredictor, check_scan_layout, choose_window, window_scores
+from .scan_patterns import CrossScan, QuadtreeScan, ScanPattern, UpstreamQuadtreeScan
 
 # Omnidirectional shift: odd blocks roll the map by (sign_h * H//8, sign_w * W//8); the
 # signs cycle with the global block index (index // 2 % 4).
@@ -43,7 +41,11 @@ class SS2D(nn.Module):
 
     ``in_proj -> depthwise 3x3 conv -> SiLU -> K directional scans -> merge -> LayerNorm ->
     out_proj``. The K sequences come from the cross scan (K=4) or from the learned
-    quadtree order and its reverse (K=2).
+    quadtree order and its reverse (K=2): a :class:`~.scan_patterns.ScanPattern`.
+
+    From the conv to the scan and back the map stays channel-first ``(B, D, H*W)``; the
+    scan reads it in place through the pattern's orders (the shift folded in) and returns
+    the K directions summed in map order.
 
     Args:
         dims: input/output width C.
@@ -92,13 +94,15 @@ class SS2D(nn.Module):
         self.quadtree_grid, self.quadtree_split, self.gumbel_tau = (quadtree_grid,
                                                                     quadtree_split, gumbel_tau)
         self.scan_layout, self.scan_backend = scan_layout, scan_backend
-        k = 4 if scan == 'cross' else 2
-        self.num_directions = k
+        learned = scan == 'quadtree' and fixed_window is None
+        self.pattern: ScanPattern = (
+            CrossScan() if scan == 'cross' else UpstreamQuadtreeScan(learned)
+            if scan_layout == 'upstream' else QuadtreeScan(quadtree_grid, quadtree_split, learned))
+        k = self.num_directions = self.pattern.directions
 
         self.in_proj = nn.Linear(dims, d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False)
         self.act = nn.SiLU()
-        learned = scan == 'quadtree' and fixed_window is None
         self.predictor = LocalityPredictor(d_inner) if learned else None
         self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
@@ -129,70 +133,35 @@ class SS2D(nn.Module):
                 k * d_inner, 1))
         self.Ds.fill_(1.0)
 
-    def window_choice(self, x: Tensor, scored: Tensor) -> Tensor:
+    def window_choice(self, x: Tensor, shift: Optional[Tuple[int, int]]) -> Tensor:
         """``(B, G)`` one-hot choice of the coarse window to refine, from the token scores
-        of ``scored`` (or the fixed window)."""
+        of the ``(B, D, H, W)`` map as the pattern's windows see them (or the fixed window)."""
         if self.predictor is None:  # fixed window: the same one-hot choice for every sample
             choice = x.new_zeros(x.shape[0], self.quadtree_grid**2)
             choice[:, self.fixed_window] = 1
             return choice
-        scores = window_scores(self.predictor(scored), self.quadtree_grid)
-        return choose_window(scores, self.training, self.gumbel_tau)
-
-    def scan_orders(self, choice: Optional[Tensor], height: int, width: int,
-                    device: torch.device) -> Tensor:
-        """``(1 or B, K, L)``: the map positions each of the K scans visits in turn."""
-        if self.scan == 'cross':
-            return cross_scan_orders(height, width, device)[0]
-        orders, _ = quadtree_orders(height, width, self.quadtree_grid, self.quadtree_split,
-                                    device)
-        return orders[choice.argmax(-1)]
-
-    def sequences(self, flat: Tensor, choice: Optional[Tensor], height: int,
-                  width: int) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """The K scan sequences ``(B, K, D, L)`` of the ``(B, D, L)`` map, and the function
-        that merges the K scan outputs back into one ``(B, D, L)`` map."""
-        if self.scan == 'cross':
-            return (cross_scan(flat.unflatten(2, (height, width))),
-                    lambda y: cross_merge(y, height, width))
-        if self.scan_layout == 'upstream':
-            return upstream_quadtree_sequences(flat, choice, height, width)
-        orders, inverses = quadtree_orders(height, width, self.quadtree_grid,
-                                           self.quadtree_split, flat.device)
-        inverse = inverses[choice.argmax(-1)]
-        return (quadtree_gather(flat, choice, orders, inverses),
-                lambda y: merge_sequences(y, inverse))
+        token_scores = self.pattern.scored(self.predictor(x.permute(0, 2, 3, 1)), shift)
+        return choose_window(window_scores(token_scores, self.quadtree_grid), self.training,
+                             self.gumbel_tau)
 
     def forward(self, x: Tensor, shift: Optional[Tuple[int, int]] = None) -> Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``; ``shift`` rolls the map around the scan."""
         batch, height, width, _ = x.shape
-        x = self.in_proj(x)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        scored = x  # the released code scores the map before the shift...
-        if shift is not None:
-            x = torch.roll(x, shifts=shift, dims=(1, 2))
-            if self.scan_layout != 'upstream':  # ...we score the windows as they are scanned
-                scored = x
-
         k, d, n, length = self.num_directions, self.d_inner, self.d_state, height * width
-        flat = x.permute(0, 3, 1, 2).reshape(batch, d, length)
-        choice = None if self.scan == 'cross' else self.window_choice(x, scored)
-        # A backend that reads the orders in place gets the map, the per-token projections
-        # in map order and the orders, and returns the merged map. Not for the upstream
-        # layout (not a permutation), nor when the window choice needs its straight-through
-        # gradient, which comes from the gathered sequences.
-        in_place = (resolve_backend(self.scan_backend, x.device).gathers_orders
-                    and (choice is None or (self.scan_layout != 'upstream'
-                                            and not choice.requires_grad)))
-        if in_place:
-            orders = self.scan_orders(choice, height, width, x.device)
+        x = self.act(self.conv2d(self.in_proj(x).permute(0, 3, 1, 2)))  # (B, D, H, W)
+        flat = x.reshape(batch, d, length)
+        choice = self.window_choice(x, shift) if self.scan == 'quadtree' else None
+        in_place = self.pattern.map_orders(choice, height, width, shift, x.device)
+        if in_place is not None:
+            # x_proj and dt_proj act per token: computed on the map, read in scan order.
+            orders, order_index = in_place
+            u, merge = flat, None
             x_dbl = torch.einsum('bdl,kcd->bkcl', flat, self.x_proj_weight)
-            u = flat
         else:
-            orders = None
-            xs, merge = self.sequences(flat, choice, height, width)  # (B, K, D, L)
-            x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
+            orders = order_index = None
+            xs, merge = self.pattern.sequences(flat, choice, height, width, shift)
             u = xs.reshape(batch, k * d, length)
+            x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
         dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)
         y = selective_scan(
@@ -205,13 +174,12 @@ class SS2D(nn.Module):
             self.dt_projs_bias.float().flatten(),
             delta_softplus=True,
             orders=orders,
+            order_index=order_index,
             backend=self.scan_backend,
             output_fp32=True)
-        if orders is None:
+        if merge is not None:
             y = merge(y.view(batch, k, d, length))
         y = y.view(batch, d, height, width).permute(0, 2, 3, 1)
-        if shift is not None:
-            y = torch.roll(y, shifts=(-shift[0], -shift[1]), dims=(1, 2))
         return self.out_proj(self.out_norm(y).to(x.dtype))
 
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan_orders import coarse_window_ids, gather_sequences, merge_sequences, quadtree_orders
+from .token_orders import coarse_window_ids, gather_sequences, merge_sequences, quadtree_orders
 
 SCAN_LAYOUTS = ('quadtree', 'upstream')
 
@@ -85,7 +85,7 @@ def quadtree_gather(x: Tensor, choice: Tensor, orders: Tensor, inverses: Tensor)
         x: ``(B, D, L)`` token map, row-major.
         choice: ``(B, G)`` one-hot window choice (gradient flows to it in training).
         orders, inverses: ``(G, K, L)`` candidate orders, from
-            :func:`~quadmamba_mm.models.scan_orders.quadtree_orders`.
+            :func:`~quadmamba_mm.models.token_orders.quadtree_orders`.
 
     Returns:
         ``(B, K, D, L)``; the order of sample b is ``orders[choice[b].argmax()]``.

@@ -15,10 +15,15 @@ SCAN_OP = 'prim::PythonOp.SelectiveScanFn'
 
 
 def selective_scan_flop_jit(inputs, outputs) -> int:
-    """FLOPs of one traced scan: ``u`` is ``(B, D, L)`` and ``A`` the first 2-D input."""
-    shapes = [get_shape(v) for v in inputs]
-    batch, channels, length = shapes[0]
-    n_state = next(s for s in shapes[1:] if s is not None and len(s) == 2)[1]
+    """FLOPs of one traced scan, from ``A`` ``(K*D, N)`` (the only 2-D input) and ``delta``
+    ``(B, K*D, L)`` (the first 3-D input with K*D channels). Orders and ``u`` are not used:
+    with orders read in place ``u`` is the ``(B, D, L)`` map, yet K*D channels are scanned."""
+    shapes = [tuple(s) for s in map(get_shape, inputs) if s is not None]
+    matrices = [s for s in shapes if len(s) == 2]
+    if len(matrices) != 1:
+        raise ValueError(f'a selective scan has one 2-D input (A), got shapes {shapes}')
+    channels, n_state = matrices[0]
+    batch, _, length = next(s for s in shapes if len(s) == 3 and s[1] == channels)
     return 9 * batch * length * channels * n_state
 
 

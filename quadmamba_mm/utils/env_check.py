@@ -29,6 +29,35 @@ def pinned_requirements(extras=('mm', )) -> List[Requirement]:
     return pins
 
 
+def check_mmcv_ops(device: str) -> List[str]:
+    """Run ``mmcv.ops`` nms and RoIAlign (what every Mask R-CNN config uses) on ``device``."""
+    try:
+        import torch
+        from mmcv.ops import RoIAlign, nms
+        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]],
+                             device=device)
+        scores = torch.tensor([0.9, 0.8, 0.7], device=device)
+        _, keep = nms(boxes, scores, iou_threshold=0.5)
+        if keep.tolist() != [0, 2]:
+            return [f'mmcv.ops.nms on {device} returned {keep.tolist()}, expected [0, 2]']
+        feats = torch.arange(16., device=device).view(1, 1, 4, 4)
+        rois = torch.tensor([[0., 0., 0., 4., 4.]], device=device)
+        pooled = RoIAlign(output_size=2, spatial_scale=1.0, sampling_ratio=1, aligned=False)(
+            feats, rois)
+        if tuple(pooled.shape) != (1, 1, 2, 2) or not bool(torch.isfinite(pooled).all()):
+            return [f'mmcv.ops.RoIAlign on {device} returned {pooled.tolist()}']
+    except Exception as exc:  # any failure here means the compiled ops are unusable
+        if device != 'cpu':
+            return [f'mmcv.ops nms/RoIAlign do not run on {device}: {exc!r}. mmcv was most '
+                    'likely built without its CUDA ops (no nvcc/CUDA toolkit at build time): '
+                    'rebuild it with MMCV_WITH_OPS=1 FORCE_CUDA=1 on a machine with nvcc '
+                    'matching torch.version.cuda']
+        return [f'mmcv.ops (compiled ops: nms, RoIAlign) does not work: {exc!r}. '
+                'Rebuild mmcv with MMCV_WITH_OPS=1 for this torch '
+                '(bash tools/setup_env.sh does it).']
+    return []
+
+
 def find_problems() -> List[str]:
     problems = []
     for req in pinned_requirements():
@@ -51,18 +80,10 @@ def find_problems() -> List[str]:
         problems.append('expected opencv-python-headless as the only cv2 provider, found: '
                         f'{cv2_dists or "none"}')
 
-    try:
-        import torch
-        from mmcv.ops import RoIAlign, nms
-        boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [20., 20., 30., 30.]])
-        _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
-        if keep.tolist() != [0, 2]:
-            problems.append(f'mmcv.ops.nms returned {keep.tolist()}, expected [0, 2]')
-        RoIAlign(output_size=2)
-    except Exception as exc:  # any failure here means the compiled ops are unusable
-        problems.append(f'mmcv.ops (compiled ops: nms, RoIAlign) does not work: {exc!r}. '
-                        'Rebuild mmcv with MMCV_WITH_OPS=1 for this torch '
-                        '(bash tools/setup_env.sh does it).')
+    problems += check_mmcv_ops('cpu')
+    import torch
+    if torch.cuda.is_available():
+        problems += check_mmcv_ops('cuda')
 
     for module in ('mmdet', 'mmseg', 'mmpretrain', 'quadmamba_mm', 'quadmamba_kernels'):
         try:
@@ -82,7 +103,10 @@ def main(argv=None) -> int:
     if not problems and not args.quiet:
         versions = ', '.join(f'{req.name} {metadata.version(req.name)}'
                              for req in pinned_requirements())
-        print(f'[env_check] OK: {versions}; mmcv ops load; cv2 from opencv-python-headless')
+        import torch
+        devices = 'cpu and cuda' if torch.cuda.is_available() else 'cpu'
+        print(f'[env_check] OK: {versions}; mmcv ops run on {devices}; '
+              'cv2 from opencv-python-headless')
     return 1 if problems else 0
 
 

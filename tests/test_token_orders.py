@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from quadmamba_mm.models.quadtree import choose_window, quadtree_gather, window_scores
-from quadmamba_mm.models.scan_orders import (coarse_window_ids, cross_merge, cross_scan,
-                                             cross_scan_orders,
-                                             gather_sequences, merge_sequences, quadtree_orders,
-                                             split_bounds)
+from quadmamba_mm.models.token_orders import (coarse_window_ids, cross_scan_orders,
+                                              cross_scan_orders_of, gather_sequences,
+                                              merge_sequences, quadtree_orders, split_bounds)
 
 SIZES = [(8, 8), (56, 56), (7, 9), (13, 10), (5, 4)]
 
@@ -70,12 +69,13 @@ def test_quadtree_sequence_layout(height, width, choice):
 
 @pytest.mark.parametrize('height, width', SIZES)
 def test_cross_scan_fast_path_equals_the_orders(height, width):
-    x = torch.randn(2, 3, height, width)
+    x = torch.randn(2, 3, height * width)
     order, inverse = cross_scan_orders(height, width)
-    seq = cross_scan(x)
-    torch.testing.assert_close(seq, gather_sequences(x.flatten(2), order), rtol=0, atol=0)
+    fast = cross_scan_orders_of(height, width)
+    seq = fast.to_scan_order(x[:, None])
+    torch.testing.assert_close(seq, gather_sequences(x, order), rtol=0, atol=0)
     y = torch.randn_like(seq)
-    torch.testing.assert_close(cross_merge(y, height, width), merge_sequences(y, inverse))
+    torch.testing.assert_close(fast.to_map_order(y), merge_sequences(y, inverse))
 
 
 def test_cross_scan_directions():

@@ -1,11 +1,11 @@
-"""Scan orders: how a 2-D token map becomes the K sequences a selective scan runs over.
+"""Token orders: the permutations that turn one 2-D token map into the K scanned sequences.
 
 Every order is a permutation of the ``L = H * W`` tokens of a row-major map, held as a
 gather index ``order`` (sequence position -> token) together with its ``inverse``
 (token -> sequence position). Gathering with ``order`` builds the sequences; gathering the
 scan outputs with ``inverse`` and summing over directions merges them back.
 
-Two families:
+Two families of orders:
 
 * cross scan (VMamba, stages 3-4): row-major, column-major, and both reversed (K=4);
 * quadtree (QuadMamba, stages 1-2): the map is cut into ``g x g`` coarse windows; one
@@ -16,14 +16,20 @@ Two families:
 
 Sizes that the grids do not divide are cut into near-equal windows (``ceil`` splits), so
 every order stays a true permutation of the real tokens: no padded token is ever scanned.
+
+A block's shift (rolling the map around its scan) is folded into the orders: scanning the
+rolled map in order ``o`` is scanning the map itself in order ``roll^-1[o]``, and the
+outputs land back in place. No rolled copy of the map or of the outputs is made.
 """
-from functools import lru_cache
-from typing import List, Tuple
+from functools import lru_cache, wraps
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from quadmamba_kernels.scan_orders import to_scan_order
+from quadmamba_kernels import ScanOrders
+
+Shift = Optional[Tuple[int, int]]
 
 
 def split_bounds(start: int, stop: int, parts: int) -> List[int]:
@@ -48,7 +54,21 @@ def with_inverse(order: Tensor) -> Tuple[Tensor, Tensor]:
     return order, inverse
 
 
-@lru_cache(maxsize=None)
+def index_cache(builder):
+    """Cache ``builder``'s index tensors per arguments, built outside inference mode: a
+    cache filled under ``torch.inference_mode()`` must still serve autograd later."""
+    cached = lru_cache(maxsize=None)(builder)
+
+    @wraps(builder)
+    def build(*args):
+        with torch.inference_mode(False):
+            return cached(*args)
+
+    build.cache_clear = cached.cache_clear
+    return build
+
+
+@index_cache
 def _on_device(builder, args: tuple, device: str):
     """``builder(*args)`` (cached on the CPU) as tensors on ``device``, cached there too: a
     forward pass never copies index tensors to its device again."""
@@ -57,10 +77,10 @@ def _on_device(builder, args: tuple, device: str):
 
 
 def _cached(builder, *args, device=None):
-    return _on_device(builder, args, str(torch.device('cpu' if device is None else device)))
+    return _on_device(builder, args, _device_name(device))
 
 
-@lru_cache(maxsize=None)
+@index_cache
 def _coarse_window_ids(height: int, width: int, grid: int) -> Tensor:
     rows = _band_index(height, split_bounds(0, height, grid))
     cols = _band_index(width, split_bounds(0, width, grid))
@@ -72,7 +92,7 @@ def coarse_window_ids(height: int, width: int, grid: int, device=None) -> Tensor
     return _cached(_coarse_window_ids, height, width, grid, device=device)
 
 
-@lru_cache(maxsize=None)
+@index_cache
 def _cross_scan_orders(height: int, width: int) -> Tuple[Tensor, Tensor]:
     raster = torch.arange(height * width)
     column_major = raster.view(height, width).t().flatten()
@@ -85,7 +105,7 @@ def cross_scan_orders(height: int, width: int, device=None) -> Tuple[Tensor, Ten
     return _cached(_cross_scan_orders, height, width, device=device)
 
 
-@lru_cache(maxsize=None)
+@index_cache
 def _quadtree_orders(height: int, width: int, grid: int, split: int) -> Tuple[Tensor, Tensor]:
     rows_bounds, cols_bounds = split_bounds(0, height, grid), split_bounds(0, width, grid)
     coarse = _coarse_window_ids(height, width, grid).view(height, width)
@@ -122,18 +142,9 @@ def quadtree_orders(height: int, width: int, grid: int = 2, split: int = 2,
     return _cached(_quadtree_orders, height, width, grid, split, device=device)
 
 
-def cross_scan(x: Tensor) -> Tensor:
-    """``(B, D, H, W)`` -> ``(B, 4, D, H*W)``: the cross-scan sequences, equal to
-    ``gather_sequences`` with :func:`cross_scan_orders` but built from a transpose and flips,
-    which are several times faster than a gather on CPUs."""
-    rows = x.flatten(2)
-    cols = x.transpose(2, 3).flatten(2)
-    return torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)
-
-
 def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
-    """``(B, 4, D, H*W)`` -> ``(B, D, H*W)``: :func:`cross_scan`'s outputs back in map order,
-    summed; equal to ``merge_sequences`` with the cross-scan inverses."""
+    """``(B, 4, D, H*W)`` cross-scan outputs -> ``(B, D, H*W)``, back in map order and
+    summed; equal to ``merge_sequences`` with the cross-scan inverses, without a gather."""
     batch, _, dim, length = y.shape
     rows = y[:, 0] + y[:, 2].flip(-1)
     cols = (y[:, 1] + y[:, 3].flip(-1)).view(batch, dim, width, height).transpose(2, 3)
@@ -142,9 +153,75 @@ def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
 
 def gather_sequences(x: Tensor, order: Tensor) -> Tensor:
     """``(B, D, L)`` map and ``(1 or B, K, L)`` orders -> ``(B, K, D, L)`` sequences."""
-    return to_scan_order(x[:, None], order)
+    batch, dim, length = x.shape
+    index = order[:, :, None, :].expand(batch, order.shape[1], dim, length)
+    return x[:, None].expand(batch, order.shape[1], dim, length).gather(-1, index)
 
 
 def merge_sequences(y: Tensor, inverse: Tensor) -> Tensor:
     """``(B, K, D, L)`` scan outputs back to map order, summed over K -> ``(B, D, L)``."""
     return y.gather(-1, inverse[:, :, None, :].expand_as(y)).sum(1)
+
+
+def shifted(orders: Tensor, height: int, width: int, shift: Shift) -> Tensor:
+    """``orders`` of the map rolled by ``shift`` (``torch.roll`` semantics), as positions of
+    the map itself."""
+    if shift is None or shift == (0, 0):
+        return orders
+    rows = (torch.arange(height) - shift[0]) % height
+    cols = (torch.arange(width) - shift[1]) % width
+    source = (rows[:, None] * width + cols[None, :]).flatten().to(orders.device)
+    return source[orders]
+
+
+class CrossScanOrders(ScanOrders):
+    """The 4 cross-scan orders of an unshifted ``H x W`` map, gathered with a transpose and
+    flips instead of an index (several times faster on CPUs; equal values)."""
+
+    def __init__(self, height: int, width: int, device=None) -> None:
+        super().__init__(_cross_scan_orders(height, width)[0].to(device))
+        self.height, self.width = height, width
+
+    def to_scan_order(self, t: Tensor, order_index: Optional[Tensor] = None) -> Tensor:
+        batch, _, width, length = t.shape
+        t = t.expand(batch, 4, width, length)
+        rows = t[:, 0::2]
+        cols = t[:, 1::2].unflatten(-1, (self.height, self.width)).transpose(-1, -2).flatten(-2)
+        return torch.stack([rows[:, 0], cols[:, 0], rows[:, 1].flip(-1), cols[:, 1].flip(-1)],
+                           dim=1)
+
+    def to_map_order(self, y: Tensor, order_index: Optional[Tensor] = None) -> Tensor:
+        return cross_merge(y, self.height, self.width)
+
+
+@index_cache
+def _cross_scan_orders_shifted(height: int, width: int, shift: Shift, device: str) -> ScanOrders:
+    if shift is None or tuple(shift) == (0, 0):
+        return CrossScanOrders(height, width, device)
+    orders = shifted(_cross_scan_orders(height, width)[0][0], height, width, shift)
+    return ScanOrders(orders[None].to(device))
+
+
+@index_cache
+def _quadtree_scan_orders(height: int, width: int, grid: int, split: int, shift: Shift,
+                          device: str) -> ScanOrders:
+    orders = shifted(_quadtree_orders(height, width, grid, split)[0], height, width, shift)
+    return ScanOrders(orders.to(device))
+
+
+def _device_name(device) -> str:
+    return str(torch.device('cpu' if device is None else device))
+
+
+def cross_scan_orders_of(height: int, width: int, shift: Shift = None,
+                         device=None) -> ScanOrders:
+    """The cross scan of an ``H x W`` map rolled by ``shift``, as cached, checked orders."""
+    return _cross_scan_orders_shifted(height, width, shift, _device_name(device))
+
+
+def quadtree_scan_orders(height: int, width: int, grid: int, split: int, shift: Shift = None,
+                         device=None) -> ScanOrders:
+    """The ``g*g`` candidate quadtree orders of an ``H x W`` map rolled by ``shift``, as
+    cached, checked orders (one candidate set per choice of the refined window)."""
+    quadtree_orders(height, width, grid, split)  # checks the size
+    return _quadtree_scan_orders(height, width, grid, split, shift, _device_name(device))
