@@ -13,121 +13,14 @@ this map" and the backend decides how. Backends that read the orders in place
 scattered around the scan in PyTorch: the unfused reference path.
 """
 import weakref
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .chunked import selective_scan_chunked, selective_scan_chunked_backward
-from .reference import selective_scan_reference
+from .backends import resolve_backend
+from .custom_op import selective_scan_op
 from .map_order import ScanOrders
-
-ScanFn = Callable[..., Tensor]
-
-
-@dataclass(frozen=True)
-class ScanBackend:
-    """A selective-scan implementation.
-
-    Args:
-        name: the value of ``scan_backend`` that selects it.
-        fn: the forward scan, with the signature of :func:`selective_scan_reference`.
-        supports: whether it can run on a given device.
-        priority: ``'auto'`` picks the supporting backend with the highest priority.
-        backward: ``backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus)``
-            returning the gradients of the 7 tensor inputs (None where an input is None).
-            Without it, ``fn`` must be differentiable by autograd: it then runs without
-            autograd in the forward pass and is recomputed in backward (as mamba's CUDA
-            kernel does), which keeps its intermediates out of memory either way.
-            ``fn`` may return ``(y, saved)`` instead of ``y``: the tensor ``saved`` (chunk
-            states, say) is then passed to ``backward`` after ``delta_softplus``.
-        auto: whether ``'auto'`` may pick it on a device it supports (a backend can run on
-            the CPU for tests without being the CPU's default).
-        gathers_orders: ``fn`` and ``backward`` take ``orders=`` (``(G, K, L)`` int32
-            candidate orders) and ``order_index=`` (``(B,)`` or None) and read the
-            map-order layout of :func:`selective_scan` themselves.
-    """
-    name: str
-    fn: ScanFn
-    supports: Callable[[torch.device], bool]
-    priority: int
-    backward: Optional[Callable[..., Tuple[Optional[Tensor], ...]]] = None
-    auto: Callable[[torch.device], bool] = lambda device: True
-    gathers_orders: bool = False
-
-
-_BACKENDS: Dict[str, ScanBackend] = {}
-
-
-def register_backend(backend: ScanBackend) -> None:
-    if backend.name in _BACKENDS or backend.name == 'auto':
-        raise KeyError(f'scan backend {backend.name!r} is already registered')
-    _BACKENDS[backend.name] = backend
-
-
-def available_backends(device: Optional[torch.device] = None) -> List[str]:
-    """Registered backend names (those that run on ``device`` if it is given)."""
-    return [
-        name for name, b in _BACKENDS.items() if device is None or b.supports(torch.device(device))
-    ]
-
-
-def resolve_backend(name: str, device: torch.device) -> ScanBackend:
-    """The backend called ``name``, or for ``'auto'`` the best one for ``device``."""
-    device = torch.device(device)
-    if name == 'auto':
-        candidates = [b for b in _BACKENDS.values() if b.supports(device) and b.auto(device)]
-        return max(candidates, key=lambda b: b.priority)
-    if name not in _BACKENDS:
-        raise ValueError(f'unknown scan backend {name!r}; choose one of '
-                         f"{['auto'] + sorted(_BACKENDS)}")
-    backend = _BACKENDS[name]
-    if not backend.supports(device):
-        raise ValueError(f'scan backend {name!r} cannot run on device {device}; '
-                         f'backends for it: {available_backends(device)}')
-    return backend
-
-
-class SelectiveScanFn(torch.autograd.Function):
-    """Every backend runs inside this one autograd node: its forward without autograd,
-    its backward by the backend's own ``backward`` or else by recomputation.
-
-    Being one ``autograd.Function`` also makes the scan a single traced node
-    (``prim::PythonOp.SelectiveScanFn``), which the FLOP counter in
-    ``tools/analysis_tools/get_flops.py`` counts as ``9 * B * L * D * N``.
-    """
-
-    @staticmethod
-    def forward(ctx, backend, delta_softplus, orders, order_index, u, delta, A, B, C, D,
-                delta_bias):
-        options = {} if orders is None else {'orders': orders, 'order_index': order_index}
-        with torch.no_grad():
-            out = backend.fn(u, delta, A, B, C, D, delta_bias, delta_softplus, **options)
-        y, saved = out if isinstance(out, tuple) else (out, None)
-        ctx.backend, ctx.delta_softplus, ctx.options = backend, delta_softplus, options
-        ctx.has_saved = saved is not None
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, saved)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        *saved, extra = ctx.saved_tensors
-        needed = ctx.needs_input_grad[4:]
-        if ctx.backend.backward is not None:
-            grads = ctx.backend.backward(grad_y, *saved, ctx.delta_softplus,
-                                         *([extra] if ctx.has_saved else []), **ctx.options)
-        else:
-            inputs = [None if t is None else t.detach().requires_grad_(need)
-                      for t, need in zip(saved, needed)]
-            with torch.enable_grad():
-                y = ctx.backend.fn(*inputs, ctx.delta_softplus, **ctx.options)
-            wanted = [t for t in inputs if t is not None and t.requires_grad]
-            found = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else [])
-            grads = [next(found) if t is not None and t.requires_grad else None for t in inputs]
-        return (None, None, None, None) + tuple(
-            g.to(t.dtype) if need and g is not None else None
-            for g, t, need in zip(grads, saved, needed))
 
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias,
@@ -158,7 +51,8 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias,
     for name, t in (('D', D), ('delta_bias', delta_bias)):
         if t is not None and tuple(t.shape) != (channels, ):
             fail(f'{name} must be ({channels},), got {tuple(t.shape)}')
-    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias, orders) if t is not None}
+    table = orders.orders if isinstance(orders, ScanOrders) else orders
+    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias, table) if t is not None}
     if len(devices) > 1:
         fail(f'all inputs must be on one device, got {sorted(map(str, devices))}')
     if isinstance(orders, Tensor):
@@ -168,8 +62,9 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias,
                  f'got {tuple(orders.shape)}')
         if orders.dtype.is_floating_point or orders.dtype.is_complex or orders.dtype == torch.bool:
             fail(f'orders must be an integer tensor, got {orders.dtype}')
-    elif orders is not None and tuple(orders.shape[1:]) != (groups, length):
-        fail(f'orders must be (candidates, K={groups}, L={length}), got {tuple(orders.shape)}')
+    elif orders is not None and (table.dim() != 3 or table.shape[1] != groups
+                                 or table.shape[2] != length):
+        fail(f'orders must be (candidates, K={groups}, L={length}), got {list(table.shape)}')
 
 
 # Raw order tensors that were checked, by id while alive, with the version they had then.
@@ -239,38 +134,28 @@ def selective_scan(u: Tensor,
             raise ValueError(f'selective_scan: {error}') from None
     impl = resolve_backend(backend, u.device)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        if orders is None:
-            y = SelectiveScanFn.apply(impl, delta_softplus, None, None, u, delta, A, B, C, D,
-                                      delta_bias)
-        elif impl.gathers_orders:
+        if orders is None or impl.gathers_orders:
             index = None if order_index is None else order_index.to(torch.int32)
-            y = SelectiveScanFn.apply(impl, delta_softplus, orders.orders_int32, index, u,
-                                      delta, A, B, C, D, delta_bias)
+            y = _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias,
+                      None if orders is None else orders.orders_int32, index)
         else:
             batch, channels, length = delta.shape
             k = B.shape[1]
             sequences = [orders.to_scan_order(t, order_index).flatten(1, 2) for t in (
                 u[:, None], delta.view(batch, k, channels // k, length))]
-            y = SelectiveScanFn.apply(impl, delta_softplus, None, None, *sequences, A,
-                                      orders.to_scan_order(B, order_index),
-                                      orders.to_scan_order(C, order_index), D, delta_bias)
+            y = _scan(impl, delta_softplus, *sequences, A, orders.to_scan_order(B, order_index),
+                      orders.to_scan_order(C, order_index), D, delta_bias)
             y = orders.to_map_order(y.view(batch, k, channels // k, length), order_index)
     return y if output_fp32 else y.to(u.dtype)
 
 
-register_backend(
-    ScanBackend('reference', selective_scan_reference, supports=lambda device: True, priority=0))
-register_backend(
-    ScanBackend('chunked', selective_scan_chunked, supports=lambda device: True, priority=10,
-                backward=selective_scan_chunked_backward))
-try:
-    from . import triton_scan
-except ImportError:  # no triton package: the PyTorch backends remain
-    triton_scan = None
-if triton_scan is not None:
-    register_backend(
-        ScanBackend('triton', triton_scan.selective_scan_triton,
-                    # On the CPU only through the Triton interpreter (TRITON_INTERPRET=1, tests).
-                    supports=lambda device: device.type == 'cuda' or triton_scan.INTERPRETED,
-                    auto=lambda device: device.type == 'cuda', priority=20,
-                    backward=triton_scan.selective_scan_triton_backward, gathers_orders=True))
+def _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias, orders=None, order_index=None):
+    """One backend call: a backend of plain differentiable PyTorch ops (``traceable``) runs
+    as it is, under autograd, so exporters see standard ops; a backend with its own
+    backward runs as the custom op."""
+    if impl.traceable:
+        options = {} if orders is None else {'orders': orders, 'order_index': order_index}
+        return impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus, **options).float()
+    y, _ = selective_scan_op(u, delta, A, B, C, D, delta_bias, orders, order_index,
+                             delta_softplus, impl.name)
+    return y

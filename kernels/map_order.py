@@ -24,9 +24,10 @@ class ScanOrders:
     Args:
         orders: integer tensor ``(G, K, L)``; ``orders[g, k, i]`` is the map position that
             step ``i`` of direction ``k`` visits in candidate set ``g``.
+        check: check that every row is a permutation (a sort and a device sync).
     """
 
-    def __init__(self, orders: Tensor) -> None:
+    def __init__(self, orders: Tensor, check: bool = True) -> None:
         if orders.dim() != 3:
             raise ValueError('scan orders must be (candidates G, directions K, length L), '
                              f'got shape {tuple(orders.shape)}')
@@ -37,21 +38,28 @@ class ScanOrders:
         with torch.inference_mode(False), torch.no_grad():
             orders = orders.long()
             steps = torch.arange(length, device=orders.device)
-            if not bool((orders.sort(-1).values == steps).all()):
+            if check and not bool((orders.sort(-1).values == steps).all()):
                 raise ValueError('every row of the scan orders must be a permutation of '
                                  f'0..{length - 1} (a map position per scan step)')
             self.orders = orders.contiguous()
             self.inverses = torch.empty_like(self.orders).scatter_(
                 -1, self.orders, steps.expand_as(self.orders).contiguous())
-            self.orders_int32 = self.orders.to(torch.int32)  # what kernels index with
+
+    @classmethod
+    def from_checked(cls, orders: Tensor, inverses: Tensor, **attributes) -> 'ScanOrders':
+        """Wrap the ``orders`` and ``inverses`` of a :class:`ScanOrders` made before, without
+        checking them again (cheap, and traceable by ``torch.compile``)."""
+        made = cls.__new__(cls)
+        made.orders = orders
+        made.inverses = inverses
+        for name, value in attributes.items():
+            setattr(made, name, value)
+        return made
 
     @property
-    def shape(self):
-        return self.orders.shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.orders.device
+    def orders_int32(self) -> Tensor:
+        """The orders as kernels index them."""
+        return self.orders.to(torch.int32)
 
     def check_index(self, order_index: Optional[Tensor], batch: int) -> None:
         """Raise ``ValueError`` unless ``order_index`` fits ``batch`` samples. The range is
@@ -70,8 +78,10 @@ class ScanOrders:
         if order_index.device != self.orders.device:
             raise ValueError(f'order_index is on {order_index.device}, the orders on '
                              f'{self.orders.device}')
-        torch._assert_async(((order_index >= 0) & (order_index < candidates)).all(),
-                            f'order_index must pick one of the {candidates} candidate order sets')
+        if not torch.jit.is_tracing():  # the ONNX exporter has no assertion op
+            torch._assert_async(((order_index >= 0) & (order_index < candidates)).all(),
+                                f'order_index must pick one of the {candidates} candidate '
+                                'order sets')
 
     def select(self, order_index: Optional[Tensor], inverse: bool = False) -> Tensor:
         """``(1 or B, K, L)`` int64 orders (or inverses) of each sample."""

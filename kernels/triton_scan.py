@@ -246,6 +246,13 @@ def launch_blocks(length: int, dim: int) -> Tuple[int, int]:
     return block_d, block_l
 
 
+def saved_states_shape(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> Tuple[int, ...]:
+    """Shape of the chunk-end states :func:`selective_scan_triton` returns."""
+    length, dim = delta.shape[2], delta.shape[1] // B.shape[1]
+    return delta.shape[0], delta.shape[1], triton.cdiv(length, launch_blocks(length, dim)[1]), \
+        A.shape[1]
+
+
 def _prepare(u, delta, A, B, C):
     """Contiguous inputs and the per-direction width."""
     u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))

@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .token_orders import coarse_window_ids, gather_sequences, merge_sequences, quadtree_orders
+from .token_orders import (coarse_window_ids, gather_sequences, merge_sequences, quadtree_orders,
+                           window_members)
 
 SCAN_LAYOUTS = ('quadtree', 'upstream')
 
@@ -42,10 +43,9 @@ class LocalityPredictor(nn.Module):
 def window_scores(token_scores: Tensor, grid: int) -> Tensor:
     """``(B, H, W)`` token scores -> ``(B, g*g)`` mean score of each coarse window."""
     batch, height, width = token_scores.shape
-    ids = coarse_window_ids(height, width, grid, token_scores.device)
-    sums = token_scores.new_zeros(batch, grid * grid).index_add_(1, ids, token_scores.flatten(1))
-    counts = torch.bincount(ids, minlength=grid * grid).to(sums.dtype)
-    return sums / counts
+    members, counts = window_members(height, width, grid, token_scores.device)
+    # Elementwise, not a matmul: autocast leaves it in fp32, so the argmax sees fp32 means.
+    return (token_scores.flatten(1)[:, :, None] * members).sum(1) / counts
 
 
 def choose_window(scores: Tensor, training: bool, tau: float = 1.0) -> Tensor:

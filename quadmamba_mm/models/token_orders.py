@@ -21,8 +21,7 @@ A block's shift (rolling the map around its scan) is folded into the orders: sca
 rolled map in order ``o`` is scanning the map itself in order ``roll^-1[o]``, and the
 outputs land back in place. No rolled copy of the map or of the outputs is made.
 """
-from functools import lru_cache, wraps
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -54,33 +53,31 @@ def with_inverse(order: Tensor) -> Tuple[Tensor, Tensor]:
     return order, inverse
 
 
-def index_cache(builder):
-    """Cache ``builder``'s index tensors per arguments, built outside inference mode: a
-    cache filled under ``torch.inference_mode()`` must still serve autograd later."""
-    cached = lru_cache(maxsize=None)(builder)
-
-    @wraps(builder)
-    def build(*args):
-        with torch.inference_mode(False):
-            return cached(*args)
-
-    build.cache_clear = cached.cache_clear
-    return build
+# Index tensors per (builder, arguments, device). A plain dict, read by torch.compile as
+# constants once filled; an lru_cache would be traced through instead.
+_TABLES: Dict[tuple, Any] = {}
 
 
-@index_cache
-def _on_device(builder, args: tuple, device: str):
-    """``builder(*args)`` (cached on the CPU) as tensors on ``device``, cached there too: a
-    forward pass never copies index tensors to its device again."""
-    built = builder(*args)
-    return tuple(t.to(device) for t in built) if isinstance(built, tuple) else built.to(device)
+def _device_name(device) -> str:
+    return str(torch.device('cpu' if device is None else device))
 
 
 def _cached(builder, *args, device=None):
-    return _on_device(builder, args, _device_name(device))
+    """``builder(*args)`` (tensors or a tuple of them) on ``device``, built once and kept: a
+    forward pass never builds or copies index tensors again. While ``torch.compile`` traces
+    a size seen for the first time, the build is traced into the graph instead."""
+    key = (builder.__name__, args, _device_name(device))
+    found = _TABLES.get(key)
+    if found is None:
+        with torch.inference_mode(False):  # a cache filled there must still serve autograd
+            built = builder(*args)
+            found = (tuple(t.to(key[2]) for t in built)
+                     if isinstance(built, tuple) else built.to(key[2]))
+        if not torch.compiler.is_compiling():
+            _TABLES[key] = found
+    return found
 
 
-@index_cache
 def _coarse_window_ids(height: int, width: int, grid: int) -> Tensor:
     rows = _band_index(height, split_bounds(0, height, grid))
     cols = _band_index(width, split_bounds(0, width, grid))
@@ -92,7 +89,17 @@ def coarse_window_ids(height: int, width: int, grid: int, device=None) -> Tensor
     return _cached(_coarse_window_ids, height, width, grid, device=device)
 
 
-@index_cache
+def _window_members(height: int, width: int, grid: int) -> Tuple[Tensor, Tensor]:
+    ids = _coarse_window_ids(height, width, grid)
+    members = torch.nn.functional.one_hot(ids, grid * grid).float()
+    return members, members.sum(0)
+
+
+def window_members(height: int, width: int, grid: int, device=None) -> Tuple[Tensor, Tensor]:
+    """``(H*W, g*g)`` one-hot window membership of each token and ``(g*g,)`` token counts."""
+    return _cached(_window_members, height, width, grid, device=device)
+
+
 def _cross_scan_orders(height: int, width: int) -> Tuple[Tensor, Tensor]:
     raster = torch.arange(height * width)
     column_major = raster.view(height, width).t().flatten()
@@ -105,7 +112,6 @@ def cross_scan_orders(height: int, width: int, device=None) -> Tuple[Tensor, Ten
     return _cached(_cross_scan_orders, height, width, device=device)
 
 
-@index_cache
 def _quadtree_orders(height: int, width: int, grid: int, split: int) -> Tuple[Tensor, Tensor]:
     rows_bounds, cols_bounds = split_bounds(0, height, grid), split_bounds(0, width, grid)
     coarse = _coarse_window_ids(height, width, grid).view(height, width)
@@ -166,7 +172,7 @@ def merge_sequences(y: Tensor, inverse: Tensor) -> Tensor:
 def shifted(orders: Tensor, height: int, width: int, shift: Shift) -> Tensor:
     """``orders`` of the map rolled by ``shift`` (``torch.roll`` semantics), as positions of
     the map itself."""
-    if shift is None or shift == (0, 0):
+    if shift is None or tuple(shift) == (0, 0):
         return orders
     rows = (torch.arange(height) - shift[0]) % height
     cols = (torch.arange(width) - shift[1]) % width
@@ -176,11 +182,10 @@ def shifted(orders: Tensor, height: int, width: int, shift: Shift) -> Tensor:
 
 class CrossScanOrders(ScanOrders):
     """The 4 cross-scan orders of an unshifted ``H x W`` map, gathered with a transpose and
-    flips instead of an index (several times faster on CPUs; equal values)."""
-
-    def __init__(self, height: int, width: int, device=None) -> None:
-        super().__init__(_cross_scan_orders(height, width)[0].to(device))
-        self.height, self.width = height, width
+    flips instead of an index (several times faster on CPUs; equal values). Made by
+    :func:`cross_scan_orders_of`."""
+    height: int
+    width: int
 
     def to_scan_order(self, t: Tensor, order_index: Optional[Tensor] = None) -> Tensor:
         batch, _, width, length = t.shape
@@ -194,34 +199,37 @@ class CrossScanOrders(ScanOrders):
         return cross_merge(y, self.height, self.width)
 
 
-@index_cache
-def _cross_scan_orders_shifted(height: int, width: int, shift: Shift, device: str) -> ScanOrders:
-    if shift is None or tuple(shift) == (0, 0):
-        return CrossScanOrders(height, width, device)
-    orders = shifted(_cross_scan_orders(height, width)[0][0], height, width, shift)
-    return ScanOrders(orders[None].to(device))
+def _checked(orders: Tensor) -> Tuple[Tensor, Tensor]:
+    # The permutation check (a sync), once per cached table; not while torch.compile traces.
+    checked = ScanOrders(orders, check=not torch.compiler.is_compiling())
+    return checked.orders, checked.inverses
 
 
-@index_cache
-def _quadtree_scan_orders(height: int, width: int, grid: int, split: int, shift: Shift,
-                          device: str) -> ScanOrders:
-    orders = shifted(_quadtree_orders(height, width, grid, split)[0], height, width, shift)
-    return ScanOrders(orders.to(device))
+def _cross_scan_tables(height: int, width: int, shift: Shift) -> Tuple[Tensor, Tensor]:
+    return _checked(shifted(_cross_scan_orders(height, width)[0], height, width, shift))
 
 
-def _device_name(device) -> str:
-    return str(torch.device('cpu' if device is None else device))
+def _quadtree_scan_tables(height: int, width: int, grid: int, split: int,
+                          shift: Shift) -> Tuple[Tensor, Tensor]:
+    return _checked(shifted(_quadtree_orders(height, width, grid, split)[0], height, width,
+                            shift))
 
 
 def cross_scan_orders_of(height: int, width: int, shift: Shift = None,
                          device=None) -> ScanOrders:
-    """The cross scan of an ``H x W`` map rolled by ``shift``, as cached, checked orders."""
-    return _cross_scan_orders_shifted(height, width, shift, _device_name(device))
+    """The cross scan of an ``H x W`` map rolled by ``shift``, checked once and cached."""
+    shift = None if shift is None or tuple(shift) == (0, 0) else tuple(shift)
+    tables = _cached(_cross_scan_tables, height, width, shift, device=device)
+    if shift is None:
+        return CrossScanOrders.from_checked(*tables, height=height, width=width)
+    return ScanOrders.from_checked(*tables)
 
 
 def quadtree_scan_orders(height: int, width: int, grid: int, split: int, shift: Shift = None,
                          device=None) -> ScanOrders:
-    """The ``g*g`` candidate quadtree orders of an ``H x W`` map rolled by ``shift``, as
-    cached, checked orders (one candidate set per choice of the refined window)."""
+    """The ``g*g`` candidate quadtree orders of an ``H x W`` map rolled by ``shift`` (one
+    candidate set per choice of the refined window), checked once and cached."""
     quadtree_orders(height, width, grid, split)  # checks the size
-    return _quadtree_scan_orders(height, width, grid, split, shift, _device_name(device))
+    shift = None if shift is None else tuple(shift)
+    return ScanOrders.from_checked(
+        *_cached(_quadtree_scan_tables, height, width, grid, split, shift, device=device))

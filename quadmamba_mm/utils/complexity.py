@@ -2,7 +2,8 @@
 
 mmengine's FlopAnalyzer traces the model and counts matmuls, convs, einsums and norms
 (one multiply-add = 1 FLOP, fvcore's convention); a selective scan is opaque to it. Every
-scan backend runs inside one ``SelectiveScanFn`` node, counted here as ``9 * B * L * D * N``
+scan backend runs inside one ``quadmamba::selective_scan`` custom op node, counted here as
+``9 * B * L * D * N``
 (mamba's and VMamba's convention, which the QuadMamba paper uses).
 """
 from typing import Tuple
@@ -11,7 +12,7 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 from torch import nn
 
-SCAN_OP = 'prim::PythonOp.SelectiveScanFn'
+SCAN_OP = 'quadmamba::selective_scan'
 
 
 def selective_scan_flop_jit(inputs, outputs) -> int:

@@ -1,0 +1,108 @@
+"""The selective scan as a PyTorch custom op: ``torch.ops.quadmamba.selective_scan``.
+
+One op for every backend with a hand-written backward (``chunked``, ``triton``):
+``torch.compile`` and ``torch.export`` see a single node with a fake (shape-only)
+implementation instead of tracing into the backend, so the run-time chunk length of the
+chunked scan or a Triton launch never breaks a graph. The backward pass is a second op,
+``quadmamba::selective_scan_backward``, registered as the first one's autograd formula.
+
+Both ops take the backend by its registered name (``'auto'`` is resolved before) and the
+optional map-order layout (``orders``, ``order_index``) of the backends that read orders in
+place. The first op returns ``(y, saved)``: ``saved`` is what the backend keeps for its
+backward (the Triton kernels' chunk-end states), an empty tensor when it keeps nothing.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .backends import get_backend
+
+
+def _options(orders: Optional[Tensor], order_index: Optional[Tensor]) -> dict:
+    return {} if orders is None else {'orders': orders, 'order_index': order_index}
+
+
+@torch.library.custom_op('quadmamba::selective_scan', mutates_args=())
+def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                      D: Optional[Tensor], delta_bias: Optional[Tensor],
+                      orders: Optional[Tensor], order_index: Optional[Tensor],
+                      delta_softplus: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    impl = get_backend(backend)
+    with torch.no_grad():
+        out = impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                      **_options(orders, order_index))
+    y, saved = out if isinstance(out, tuple) else (out, None)
+    y = y.float()
+    if saved is None:
+        saved = u.new_empty(0, dtype=torch.float32)
+    return (y.clone() if _aliases(y, u, delta) else y), saved
+
+
+def _aliases(y: Tensor, *inputs: Tensor) -> bool:
+    """Custom op outputs must not share storage with inputs (fp32 u returned as is...)."""
+    return any(y.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+               for t in inputs if t.numel() and y.numel())
+
+
+@selective_scan_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, orders, order_index, delta_softplus, backend):
+    impl = get_backend(backend)
+    out_shape = u.shape if orders is not None else delta.shape
+    y = delta.new_empty(out_shape, dtype=torch.float32)
+    saved_shape = (0, ) if impl.saved_shape is None else impl.saved_shape(u, delta, A, B)
+    return y, delta.new_empty(saved_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op('quadmamba::selective_scan_backward', mutates_args=())
+def selective_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+                               C: Tensor, D: Optional[Tensor], delta_bias: Optional[Tensor],
+                               saved: Tensor, orders: Optional[Tensor],
+                               order_index: Optional[Tensor], delta_softplus: bool,
+                               backend: str) -> List[Tensor]:
+    """fp32 gradients of ``(u, delta, A, B, C, D, delta_bias)``; empty for absent inputs."""
+    impl = get_backend(backend)
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    extra = (saved, ) if impl.saved_shape is not None else ()
+    grads = impl.backward(grad_y, *inputs, delta_softplus, *extra, **_options(orders, order_index))
+    return [_fresh(g, t) for g, t in zip(grads, inputs)]
+
+
+def _fresh(grad: Optional[Tensor], like: Optional[Tensor]) -> Tensor:
+    if like is None or grad is None:
+        return grad_placeholder(like)
+    grad = grad.float()
+    return grad.clone() if _aliases(grad, like) else grad
+
+
+def grad_placeholder(like: Optional[Tensor]) -> Tensor:
+    device = like.device if like is not None else 'cpu'
+    return torch.empty(0, device=device)
+
+
+@selective_scan_backward_op.register_fake
+def _(grad_y, u, delta, A, B, C, D, delta_bias, saved, orders, order_index, delta_softplus,
+      backend):
+    return [grad_y.new_empty(0) if t is None else t.new_empty(t.shape, dtype=torch.float32)
+            for t in (u, delta, A, B, C, D, delta_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, orders, order_index, delta_softplus, backend = inputs
+    _, saved = output
+    ctx.mark_non_differentiable(saved)
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, saved, orders, order_index)
+    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+
+
+def _backward(ctx, grad_y, _grad_saved):
+    u, delta, A, B, C, D, delta_bias, saved, orders, order_index = ctx.saved_tensors
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    grads = selective_scan_backward_op(grad_y.contiguous(), *inputs, saved, orders, order_index,
+                                       ctx.delta_softplus, ctx.backend)
+    needed = ctx.needs_input_grad[:7]
+    return tuple(g.to(t.dtype) if need and t is not None else None
+                 for g, t, need in zip(grads, inputs, needed)) + (None, ) * 4
+
+
+selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
