@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from quadmamba_mm.models import QuadMamba
+from quadmamba_mm.models import QuadMamba, SelectiveScan
 from quadmamba_mm.models.classifier import QuadMambaClassifier
 from quadmamba_mm.models.quadmamba import SHIFT_DIRECTIONS
 from quadmamba_mm.utils.complexity import count_params_and_flops
@@ -52,7 +52,10 @@ def test_bad_input_raises_clear_errors(x, message):
     (dict(arch='xl'), "unknown QuadMamba arch 'xl'"),
     (dict(arch=dict(embed_dims=8, depths=(1, 1))), 'needs the keys'),
     (dict(arch='li', out_indices=(4, )), 'out_indices must index'),
-    (dict(arch='li', scan_backend='cuda-magic'), "unknown scan_backend 'cuda-magic'"),
+    (dict(arch='li', scan_backend='cuda-magic'), "unknown scan backend 'cuda-magic'"),
+    (dict(arch='li', scan_cfg=dict(type='SelectiveScan', backend='fast')),
+     "unknown scan backend 'fast'"),
+    (dict(arch='li', scan_cfg=dict(type='SelectiveScan'), scan_backend='chunked'), 'not both'),
     (dict(arch='li', frozen_stages=7), 'frozen_stages must be'),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, message):
@@ -162,8 +165,8 @@ def test_scan_backends_agree_in_the_model():
     x = torch.randn(1, 3, 40, 36)
     fast = model(x)[0]
     for module in model.modules():
-        if hasattr(module, 'scan_backend'):
-            module.scan_backend = 'reference'
+        if isinstance(module, SelectiveScan):
+            module.backend = 'reference'
     torch.testing.assert_close(model(x)[0], fast, rtol=1e-4, atol=1e-4)
 
 

@@ -46,3 +46,18 @@ def test_custom_imports_in_a_config_registers_the_backbone(tmp_path):
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'ok quadmamba_mm.models.quadmamba' in result.stdout
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_selective_scan_is_a_registry_type_of_every_toolbox(scope):
+    """``scan_cfg=dict(type='SelectiveScan', ...)`` resolves from mmdet, mmseg and mmpretrain
+    configs, and the backbone's blocks use the scan module it names."""
+    from quadmamba_mm.models import SelectiveScan
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        scan = registry.build(dict(type='SelectiveScan', backend='chunked'))
+        model = registry.build(dict(type='QuadMamba', arch='li',
+                                    scan_cfg=dict(type='SelectiveScan', backend='reference')))
+    assert type(scan) is SelectiveScan and scan.backend == 'chunked'
+    scans = [m for m in model.modules() if isinstance(m, SelectiveScan)]
+    assert len(scans) == sum(model.depths) and all(s.backend == 'reference' for s in scans)

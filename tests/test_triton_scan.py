@@ -125,7 +125,7 @@ def test_backbone_with_the_triton_backend(training):
     """The whole backbone with orders read in place (every stage in eval; the cross-scan
     stages in training, where the quadtree's window choice needs the gathered sequences for
     its gradient) against the PyTorch path: outputs and every parameter's gradient."""
-    from quadmamba_mm.models import QuadMamba
+    from quadmamba_mm.models import QuadMamba, SelectiveScan
     torch.manual_seed(0)
     model = QuadMamba(arch=dict(embed_dims=8, depths=(1, 1, 1, 1), ssm_ratio=1.0),
                       drop_path_rate=0.).to(DEVICE).train(training)
@@ -133,8 +133,8 @@ def test_backbone_with_the_triton_backend(training):
 
     def outputs_and_grads(backend):
         for module in model.modules():
-            if hasattr(module, 'scan_backend'):
-                module.scan_backend = backend
+            if isinstance(module, SelectiveScan):
+                module.backend = backend
         model.zero_grad()
         torch.manual_seed(1)  # the same Gumbel noise for both backends
         out = model(x)

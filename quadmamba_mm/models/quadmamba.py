@@ -24,8 +24,6 @@ import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from quadmamba_kernels import available_backends, selective_scan
-
 from ..registry import MODELS
 from .drop_path import DropPath
 from .quadtree import LocalityPredictor, check_scan_layout, choose_window, window_scores
@@ -34,6 +32,15 @@ from .scan_patterns import CrossScan, QuadtreeScan, ScanPattern, UpstreamQuadtre
 # Omnidirectional shift: odd blocks roll the map by (sign_h * H//8, sign_w * W//8); the
 # signs cycle with the global block index (index // 2 % 4).
 SHIFT_DIRECTIONS = ((1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+def scan_config(scan_cfg: Optional[dict], scan_backend: Optional[str]) -> dict:
+    """The scan module's config from ``scan_cfg`` or the ``scan_backend`` shorthand."""
+    if scan_cfg is not None and scan_backend is not None:
+        raise ValueError('give scan_cfg or scan_backend, not both')
+    if scan_cfg is None:
+        return dict(type='SelectiveScan', backend=scan_backend or 'auto')
+    return dict(scan_cfg)
 
 
 class SS2D(nn.Module):
@@ -61,7 +68,9 @@ class SS2D(nn.Module):
             ``'upstream'`` (the released code's masked layout with its overlap, scored before
             the shift) for the quadtree scan; see :func:`upstream_quadtree_sequences`.
         gumbel_tau: temperature of the Gumbel-Softmax window choice.
-        scan_backend: selective-scan backend name or ``'auto'``.
+        scan_cfg: config of the scan module, ``dict(type='SelectiveScan', backend='auto')``
+            (see :class:`~.selective_scan.SelectiveScan`).
+        scan_backend: shorthand for ``scan_cfg=dict(type='SelectiveScan', backend=...)``.
         dt_min, dt_max, dt_init_floor: range of the initial step size (mamba's init).
     """
 
@@ -76,7 +85,8 @@ class SS2D(nn.Module):
                  fixed_window: Optional[int] = None,
                  scan_layout: str = 'quadtree',
                  gumbel_tau: float = 1.0,
-                 scan_backend: str = 'auto',
+                 scan_cfg: Optional[dict] = None,
+                 scan_backend: Optional[str] = None,
                  dt_min: float = 0.001,
                  dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4) -> None:
@@ -93,7 +103,8 @@ class SS2D(nn.Module):
         self.d_inner, self.d_state, self.scan = d_inner, d_state, scan
         self.quadtree_grid, self.quadtree_split, self.gumbel_tau = (quadtree_grid,
                                                                     quadtree_split, gumbel_tau)
-        self.scan_layout, self.scan_backend = scan_layout, scan_backend
+        self.scan_layout = scan_layout
+        self.selective_scan = MODELS.build(scan_config(scan_cfg, scan_backend))
         learned = scan == 'quadtree' and fixed_window is None
         self.pattern: ScanPattern = (
             CrossScan() if scan == 'cross' else UpstreamQuadtreeScan(learned)
@@ -164,7 +175,7 @@ class SS2D(nn.Module):
             x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
         dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)
-        y = selective_scan(
+        y = self.selective_scan(
             u,
             dts.reshape(batch, k * d, length),
             -torch.exp(self.A_logs.float()),
@@ -174,9 +185,7 @@ class SS2D(nn.Module):
             self.dt_projs_bias.float().flatten(),
             delta_softplus=True,
             orders=orders,
-            order_index=order_index,
-            backend=self.scan_backend,
-            output_fp32=True)
+            order_index=order_index)
         if merge is not None:
             y = merge(y.view(batch, k, d, length))
         y = y.view(batch, d, height, width).permute(0, 2, 3, 1)
@@ -321,8 +330,11 @@ class QuadMamba(BaseModule):
             input sides divisible by 32). See the README.
         shift: omnidirectional shift on the odd blocks of quadtree stages. Default: True.
         gumbel_tau: Gumbel-Softmax temperature. Default: 1.0.
-        scan_backend: selective-scan backend (``'auto'``, ``'chunked'``, ``'reference'``,
-            ...). Default: ``'auto'``.
+        scan_cfg: config of the selective-scan module of every block. Default:
+            ``dict(type='SelectiveScan', backend='auto')``.
+        scan_backend: shorthand for ``scan_cfg=dict(type='SelectiveScan', backend=...)``
+            (``'auto'``, ``'chunked'``, ``'triton'``, ``'reference'``, ``'segsum'``).
+            Default: None.
         with_cp: gradient checkpointing (same outputs, less memory). Default: False.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...,
             prefix='backbone.')``. Default: None.
@@ -351,7 +363,8 @@ class QuadMamba(BaseModule):
                  scan_layout: str = 'quadtree',
                  shift: bool = True,
                  gumbel_tau: float = 1.0,
-                 scan_backend: str = 'auto',
+                 scan_cfg: Optional[dict] = None,
+                 scan_backend: Optional[str] = None,
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -367,9 +380,8 @@ class QuadMamba(BaseModule):
         self.frozen_stages = frozen_stages
         check_scan_layout(scan_layout, quadtree_grid, quadtree_split)
         self.scan_layout = scan_layout
-        if scan_backend != 'auto' and scan_backend not in available_backends():
-            raise ValueError(f'unknown scan_backend {scan_backend!r}; choose one of '
-                             f"{['auto'] + available_backends()}")
+        scan_cfg = scan_config(scan_cfg, scan_backend)
+        MODELS.build(scan_cfg)  # a bad scan config fails here, once, by name
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims)
         drop_rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
@@ -397,7 +409,7 @@ class QuadMamba(BaseModule):
                         fixed_window=quadtree_fixed_window,
                         scan_layout=scan_layout,
                         gumbel_tau=gumbel_tau,
-                        scan_backend=scan_backend))
+                        scan_cfg=scan_cfg))
                 block_index += 1
             downsample = Downsample(dims, self.dims[i + 1]) if i < self.num_stages - 1 else None
             self.stages.append(QuadMambaStage(blocks, downsample, with_cp))
