@@ -2,31 +2,116 @@
 
     python tools/inference.py CONFIG CHECKPOINT INPUT [--out-dir DIR] [--device cpu]
 
-INPUT is an image file or a folder. The toolbox's own inferencer does the work (mmdet
-``DetInferencer``, mmseg ``MMSegInferencer``, mmpretrain ``ImageClassificationInferencer``):
-drawn predictions go to ``OUT_DIR/vis`` and, for detection and segmentation, raw predictions
-to ``OUT_DIR/preds``; classification results are printed.
+INPUT is an image file or a folder (its files with an image suffix). The toolbox's own
+inferencer runs the model (mmdet ``DetInferencer``, mmseg ``MMSegInferencer``, mmpretrain
+``ImageClassificationInferencer``). For an input ``NAME.EXT``, the drawn prediction goes to
+``OUT_DIR/vis/NAME.EXT``; detections go to ``OUT_DIR/preds/NAME.json`` and segmentation maps
+(class indices) to ``OUT_DIR/preds/NAME.png``; classification results are printed.
+
+Each file is decoded once, completely, before the model sees it (see
+``quadmamba_mm.utils.images``): grayscale, palette, RGBA, CMYK and 16-bit images are
+converted to 8-bit BGR as the toolboxes' image loader does. A file that is not a usable image,
+or on which the model fails, gets one line saying why, and the run goes on with the next one.
+The exit status is 1 when any file failed, 0 otherwise.
 """
 import argparse
+import json
+import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 from mmengine.config import Config
 
+from quadmamba_mm.utils.images import UnreadableImage, list_images, one_line, read_image
 from quadmamba_mm.utils.launch import check_checkpoint
 from quadmamba_mm.utils.toolbox import toolbox_of
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+# Drawings keep the input's file name when OpenCV writes colour images in that format.
+VIS_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 
-def list_images(path: Path):
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise SystemExit(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {path}')
-        return [str(p) for p in images]
-    if not path.is_file():
-        raise SystemExit(f'no such image or folder: {path}')
-    return [str(path)]
+def vis_name(path: Path) -> str:
+    return path.name if path.suffix.lower() in VIS_SUFFIXES else f'{path.name}.png'
+
+
+def first_sample(result):
+    """The one data sample of a single-image call, whatever container the toolbox uses."""
+    if isinstance(result, dict):
+        result = result['predictions']
+    if isinstance(result, (list, tuple)):
+        result = result[0]
+    return result
+
+
+class Predictor:
+    """One toolbox's inferencer, run on one decoded image at a time; ``__call__`` writes the
+    outputs named after the input file and returns a one-line summary."""
+
+    def __init__(self, toolbox: str, config: str, checkpoint: str, device: str, out_dir: Path,
+                 score_thr: float):
+        self.toolbox, self.out_dir, self.score_thr = toolbox, out_dir, score_thr
+        (out_dir / 'vis').mkdir(parents=True, exist_ok=True)
+        if toolbox == 'mmdet':
+            from mmdet.apis import DetInferencer
+            self.inferencer = DetInferencer(model=config, weights=checkpoint, device=device,
+                                            show_progress=False)
+        elif toolbox == 'mmseg':
+            from mmseg.apis import MMSegInferencer
+            self.inferencer = MMSegInferencer(model=config, weights=checkpoint, device=device)
+        else:
+            from mmpretrain.apis import ImageClassificationInferencer
+            self.inferencer = ImageClassificationInferencer(model=config, pretrained=checkpoint,
+                                                            device=device)
+        self.inferencer.show_progress = False
+        if toolbox != 'mmpretrain':
+            (out_dir / 'preds').mkdir(exist_ok=True)
+
+    def __call__(self, image: np.ndarray, path: Path) -> str:
+        # The pipelines take a BGR array; the visualizers draw on RGB.
+        sample = first_sample(self.inferencer(image, return_datasamples=True))
+        rgb = np.ascontiguousarray(image[..., ::-1])
+        vis_file = self.out_dir / 'vis' / vis_name(path)
+        if self.toolbox == 'mmdet':
+            drawn = self.inferencer.visualize([rgb], [sample], return_vis=True, no_save_vis=True,
+                                              pred_score_thr=self.score_thr)[0]
+            prediction = self.inferencer.pred2dict(sample)
+            with open(self.out_dir / 'preds' / f'{path.stem}.json', 'w') as f:
+                json.dump(prediction, f)
+            found = sum(score >= self.score_thr for score in prediction.get('scores', []))
+            summary = f'{found} detections with score >= {self.score_thr}'
+        elif self.toolbox == 'mmseg':
+            drawn = self.inferencer.visualize([rgb], [sample], return_vis=True)[0]
+            labels = sample.pred_sem_seg.data[0].cpu().numpy()
+            cv2.imwrite(str(self.out_dir / 'preds' / f'{path.stem}.png'),
+                        labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+            summary = f'{len(np.unique(labels))} classes in the map'
+        else:
+            drawn = self._draw_class(rgb, sample, path)
+            label = int(sample.pred_score.argmax())
+            classes = self.inferencer.classes
+            name = classes[label] if classes is not None else f'class {label}'
+            summary = f'{name} ({float(sample.pred_score[label]):.3f})'
+        if not cv2.imwrite(str(vis_file), np.ascontiguousarray(drawn[..., ::-1])):
+            raise OSError(f'could not write {vis_file}')
+        return f'{summary} -> {vis_file}'
+
+    def _draw_class(self, rgb: np.ndarray, sample, path: Path) -> np.ndarray:
+        visualizer = self.inferencer.visualizer
+        if visualizer is None:  # as the inferencer itself does for configs without one
+            from mmpretrain.visualization import UniversalVisualizer
+            visualizer = self.inferencer.visualizer = UniversalVisualizer()
+        visualizer.visualize_cls(rgb, sample, classes=self.inferencer.classes, draw_gt=False,
+                                 draw_pred=True, draw_score=True, name=path.stem)
+        return visualizer.get_image()
+
+
+def release_device_memory() -> None:
+    """After a failure (out of memory, most often), give the cached GPU memory back so the
+    next image starts clean."""
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def main():
@@ -34,30 +119,38 @@ def main():
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('input', type=Path, help='an image or a folder of images')
-    parser.add_argument('--out-dir', default='work_dirs/inference')
+    parser.add_argument('--out-dir', type=Path, default=Path('work_dirs/inference'))
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: the lowest score drawn and counted')
     args = parser.parse_args()
     check_checkpoint(args.checkpoint)
-    images = list_images(args.input)
-    toolbox = toolbox_of(Config.fromfile(args.config))
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)  # mmpretrain makes only the last level
-    if toolbox == 'mmdet':
-        from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(model=args.config, weights=args.checkpoint,
-                                   device=args.device, show_progress=False)
-        inferencer(images, out_dir=args.out_dir, no_save_pred=False)
-    elif toolbox == 'mmseg':
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(model=args.config, weights=args.checkpoint,
-                                     device=args.device)
-        inferencer(images, out_dir=args.out_dir)
-    else:
-        from mmpretrain.apis import ImageClassificationInferencer
-        inferencer = ImageClassificationInferencer(model=args.config, pretrained=args.checkpoint,
-                                                   device=args.device)
-        for image, result in zip(images, inferencer(images, show_dir=f'{args.out_dir}/vis')):
-            print(f'{image}: {result["pred_class"]} ({result["pred_score"]:.3f})')
-    print(f'{len(images)} images; outputs in {args.out_dir}')
+    try:
+        images = list_images(args.input)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    predictor = Predictor(toolbox_of(Config.fromfile(args.config)), args.config,
+                          args.checkpoint, args.device, args.out_dir, args.score_thr)
+    failed = 0
+    for path in images:
+        try:
+            image = read_image(path)
+        except UnreadableImage as error:
+            print(f'{path}: skipped, {error}', file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        try:
+            summary = predictor(image, path)
+        except Exception as error:  # one image's failure must not cost the others theirs
+            release_device_memory()
+            print(f'{path}: failed ({image.shape[1]}x{image.shape[0]} pixels, width x height): '
+                  f'{type(error).__name__}: {one_line(error)}', file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        print(f'{path}: {summary}', flush=True)
+    print(f'{len(images)} images; outputs in {args.out_dir}; {len(images) - failed} ok, '
+          f'{failed} failed', flush=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == '__main__':

@@ -2,12 +2,24 @@
 # Shared by slurm_train.sh and slurm_test.sh: bash tools/slurm_launch.sh ENTRY PARTITION
 # JOB_NAME [args...] runs tools/ENTRY with srun. GPUS (8), GPUS_PER_NODE (8),
 # CPUS_PER_TASK (5) and SRUN_ARGS as with the OpenMMLab toolboxes.
+# The interpreter: $PYTHON if set, else the active virtualenv's, else the project's .venv,
+# else python3 (the path must be valid on the compute nodes: a shared file system).
 set -euo pipefail
 TOOLS="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(dirname "$TOOLS")"
+if [[ -n "${PYTHON:-}" ]]; then
+    PY="$PYTHON"
+elif [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
+    PY="$VIRTUAL_ENV/bin/python"
+elif [[ -x "$ROOT/.venv/bin/python" ]]; then
+    PY="$ROOT/.venv/bin/python"
+else
+    PY=python3
+fi
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 # shellcheck disable=SC2086
-PYTHONPATH="$TOOLS/..:${PYTHONPATH:-}" exec srun -p "$2" --job-name="$3" \
+PYTHONPATH="$ROOT:${PYTHONPATH:-}" exec srun -p "$2" --job-name="$3" \
     --gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE" \
     --cpus-per-task="${CPUS_PER_TASK:-5}" --kill-on-bad-exit=1 ${SRUN_ARGS:-} \
-    "${PYTHON:-python}" -u "$TOOLS/$1" "${@:4}"
+    "$PY" -u "$TOOLS/$1" "${@:4}"

@@ -1,18 +1,24 @@
 """Draw each quadtree block's locality scores, chosen window and fine windows over images.
 
-    python tools/visualize_quadtree.py CONFIG CHECKPOINT IMAGE [IMAGE ...] [--out-dir DIR]
+    python tools/visualize_quadtree.py CONFIG CHECKPOINT IMAGE_OR_FOLDER [...] [--out-dir DIR]
 
 For every image, one PNG: the input, then one panel per quadtree block (heat map of the
 token locality scores; coarse windows in white; the chosen window's fine windows in green).
 Works with the classification, detection and segmentation configs of this project.
+
+Images are read as ``tools/inference.py`` reads them (any mode converted to 8-bit BGR); an
+image larger than ``--max-side`` is scaled down first. A file that cannot be read or drawn gets
+one line saying why and the others are still drawn; the exit status is 1 when any failed.
 """
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
+from quadmamba_mm.utils.images import UnreadableImage, list_images, one_line, read_image
 from quadmamba_mm.utils.toolbox import build_model
 from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
                                         quadtree_partitions)
@@ -22,9 +28,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
     parser.add_argument('checkpoint', help="the model's checkpoint, or 'none' for random weights")
-    parser.add_argument('images', nargs='+')
+    parser.add_argument('images', nargs='+', help='image files or folders of images')
     parser.add_argument('--out-dir', default='work_dirs/quadtree_vis')
+    parser.add_argument('--max-side', type=int, default=1024,
+                        help='scale larger images down to this longer side first (0: never); '
+                             'the backbone runs at full resolution of what it is given')
     args = parser.parse_args()
+    try:
+        images = list_images(args.images)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
     cfg = Config.fromfile(args.config)
     model = build_model(cfg).eval()
     if args.checkpoint != 'none':
@@ -32,14 +45,35 @@ def main():
     preprocessor = cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        image = cv2.imread(path)
-        if image is None:
-            raise SystemExit(f'cannot read image {path}')
-        records = quadtree_partitions(model.backbone, backbone_input(image, preprocessor))
-        out = out_dir / f'{Path(path).stem}_quadtree.png'
-        cv2.imwrite(str(out), draw_all_partitions(image, records))
-        print(f'{path}: {len(records)} quadtree blocks -> {out}')
+    failed = 0
+    for path in images:
+        try:
+            image = read_image(path)
+        except UnreadableImage as error:
+            print(f'{path}: skipped, {error}', file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        height, width = image.shape[:2]
+        note = ''
+        if args.max_side and max(height, width) > args.max_side:
+            scale = args.max_side / max(height, width)
+            image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                               interpolation=cv2.INTER_AREA)
+            note = f' (scaled from {width}x{height} to {image.shape[1]}x{image.shape[0]})'
+        out = out_dir / f'{path.stem}_quadtree.png'
+        try:
+            records = quadtree_partitions(model.backbone, backbone_input(image, preprocessor))
+            if not cv2.imwrite(str(out), draw_all_partitions(image, records)):
+                raise OSError(f'could not write {out}')
+        except Exception as error:  # one image's failure must not cost the others theirs
+            print(f'{path}: failed ({image.shape[1]}x{image.shape[0]} pixels, width x height): '
+                  f'{type(error).__name__}: {one_line(error)}', file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        print(f'{path}: {len(records)} quadtree blocks -> {out}{note}', flush=True)
+    print(f'{len(images)} images; outputs in {out_dir}; {len(images) - failed} ok, '
+          f'{failed} failed', flush=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == '__main__':
