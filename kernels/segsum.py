@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .chunked import softplus
+
 BLOCK = 16
 
 
@@ -61,7 +63,7 @@ def selective_scan_segsum(u: Tensor,
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
-        delta = F.softplus(delta)
+        delta = softplus(delta)
     shape = (batch, groups, channels // groups, n_state, length)
     dA = (delta.view(batch, groups, -1, 1, length) * A.view(1, groups, -1, n_state, 1))
     b = (delta * u).view(batch, groups, -1, 1, length) * B[:, :, None]
