@@ -1,8 +1,10 @@
 """Selective-scan implementations side by side: forward and forward+backward times.
 
     python -m quadmamba_kernels.benchmark [--device cpu] [--shape B K D N L] [--repeat 5]
-        [--backends chunked reference] [--dtype float32] [--orders] [--mamba]
+        [--warmup 1]
+        [--backends chunked reference] [--dtype float32 [bfloat16 ...]] [--orders] [--mamba]
     python -m quadmamba_kernels.benchmark --device cuda --quadmamba-s [--dtype bfloat16]
+        [--json results.json] [--tiny]
 
 Every contender runs on the same inputs in one process, interleaved round by round, so
 the ratios are fair on a noisy machine. Times are medians. Forward+backward goes through
@@ -16,32 +18,44 @@ compete with the others' gather -> scan -> scatter path. ``--mamba`` adds mamba'
 also gives the forward's bytes per second against a measured device copy.
 ``--quadmamba-s`` runs the QuadMamba-S shapes at batch 128: stage 1 (K=2, D=192,
 L=56x56) and stage 3 (K=4, D=768, L=14x14), N=1.
+
+``--json PATH`` also writes every result (shape, dtype, layout, contender, times, GB/s,
+fraction of copy bandwidth, device) for machines to read. ``--tiny`` swaps the shapes for
+tiny ones with the same K (a dry run of the command: numbers mean nothing).
 """
 import argparse
+import json
 import math
+import platform
+import re
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
 
-from .interface import available_backends, selective_scan
+from . import available_backends, selective_scan
 
 QUADMAMBA_S = [(128, 2, 192, 1, 3136), (128, 4, 768, 1, 196)]
+# --tiny: the same K and layouts at sizes that take milliseconds (interpreted Triton included).
+TINY_QUADMAMBA_S = [(1, 2, 2, 1, 32), (1, 4, 2, 1, 16)]
+TINY_SHAPE = (1, 2, 2, 1, 32)
 
 
 def make_inputs(batch, k, dim, n_state, length, device, dtype, ordered=False):
-    g = torch.Generator().manual_seed(0)
+    # Drawn on the device: at batch 128 the CPU would take seconds per tensor.
+    g = torch.Generator(device).manual_seed(0)
     channels = k * dim
 
     def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device, dtype)
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
 
     return dict(
         u=randn(batch, dim if ordered else channels, length),
         delta=randn(batch, channels, length, scale=0.5),
-        A=-torch.exp(torch.randn(channels, n_state, generator=g) * 0.5).to(device),
+        A=-torch.exp(torch.randn(channels, n_state, generator=g, device=device) * 0.5),
         B=randn(batch, k, n_state, length),
         C=randn(batch, k, n_state, length),
         D=torch.ones(channels, device=device),
@@ -83,7 +97,7 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def copy_bandwidth(device, nbytes=1 << 30, repeat=10) -> float:
+def copy_bandwidth(device, nbytes: int = 1 << 30, repeat: int = 10) -> float:
     """Bytes per second of a device-to-device copy (read + write counted)."""
     src = torch.empty(nbytes // 4, device=device)
     dst = torch.empty_like(src)
@@ -141,9 +155,42 @@ def make_contenders(backends: List[str], shape, device, ordered: bool, mamba: bo
     return contenders
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        with open('/proc/cpuinfo') as f:
+            found = re.search(r'^model name\s*:\s*(.+)$', f.read(), re.M)
+        if found:
+            return found.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def layout_name(ordered: bool) -> str:
+    return 'map order, orders read by the scan' if ordered else 'scan order'
+
+
+def records(shape, dtype_name, ordered, results, nbytes, bandwidth) -> List[Dict[str, Any]]:
+    """One JSON-ready record per contender."""
+    names = list(dict.fromkeys(name for name, _ in results))
+    fastest = min(results[(n, 'fwd+bwd')] for n in names)
+    out = []
+    for name in names:
+        fwd, both = results[(name, 'fwd')], results[(name, 'fwd+bwd')]
+        out.append(dict(
+            shape=dict(zip('B K D N L'.split(), shape)), dtype=dtype_name, output='float32',
+            layout=layout_name(ordered), contender=name, fwd_ms=fwd * 1e3,
+            fwd_bwd_ms=both * 1e3, fwd_bwd_vs_fastest=both / fastest,
+            fwd_bytes=nbytes, fwd_GBps=nbytes / fwd / 1e9 if bandwidth else None,
+            fraction_of_copy=nbytes / fwd / bandwidth if bandwidth else None))
+    return out
+
+
 def report(shape, dtype_name, device, repeat, ordered, results, nbytes, bandwidth):
     batch, k, dim, n_state, length = shape
-    layout = 'map order, orders read by the scan' if ordered else 'scan order'
+    layout = layout_name(ordered)
     print(f'\nselective scan, B={batch} K={k} D={dim} N={n_state} L={length}, {dtype_name} '
           f'inputs, fp32 output, {layout}; device {device}, median of {repeat}')
     names = list(dict.fromkeys(name for name, _ in results))
@@ -168,24 +215,49 @@ def main():
     parser.add_argument('--quadmamba-s', action='store_true',
                         help='the QuadMamba-S stage 1 and stage 3 shapes at batch 128')
     parser.add_argument('--backends', nargs='+', default=None,
-                        help='default: every backend that runs on the device')
-    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+                        help='default: every backend that runs on the device (on CUDA '
+                        'without reference and segsum)')
+    parser.add_argument('--dtype', nargs='+', default=['float32'],
+                        choices=['float32', 'bfloat16', 'float16'],
+                        help='input dtype(s); several run one after the other')
     parser.add_argument('--orders', action='store_true', help='map-order layout (see above)')
     parser.add_argument('--mamba', action='store_true', help="add mamba_ssm's CUDA kernel")
     parser.add_argument('--repeat', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
+    parser.add_argument('--json', type=Path, default=None, metavar='PATH',
+                        help='also write all results to this JSON file')
+    parser.add_argument('--tiny', action='store_true',
+                        help='tiny shapes with the same K: a dry run of the command')
     args = parser.parse_args()
     device = torch.device(args.device)
+    # On CUDA the sequential reference and the segsum backend (for tracers, BLOCK times the
+    # memory) are no contenders at these shapes.
     backends = args.backends or [b for b in available_backends(device)
-                                 if not (device.type == 'cuda' and b == 'reference')]
-    bandwidth = copy_bandwidth(device) if device.type == 'cuda' else None
-    if bandwidth:
+                                 if not (device.type == 'cuda' and b in ('reference', 'segsum'))]
+    bandwidth = None
+    if device.type == 'cuda':
+        bandwidth = copy_bandwidth(device, nbytes=1 << 24 if args.tiny else 1 << 30)
         print(f'{torch.cuda.get_device_name(device)}: device copy {bandwidth / 1e9:.0f} GB/s')
-    for shape in (QUADMAMBA_S if args.quadmamba_s else [args.shape]):
-        for ordered in ((False, True) if args.quadmamba_s else (args.orders, )):
-            contenders = make_contenders(backends, shape, device, ordered, args.mamba)
-            results, nbytes = benchmark(contenders, shape, device, getattr(torch, args.dtype),
-                                        args.repeat, ordered)
-            report(shape, args.dtype, device, args.repeat, ordered, results, nbytes, bandwidth)
+    if args.quadmamba_s:
+        shapes = TINY_QUADMAMBA_S if args.tiny else QUADMAMBA_S
+    else:
+        shapes = [TINY_SHAPE if args.tiny else tuple(args.shape)]
+    found = []
+    for dtype in args.dtype:
+        for shape in shapes:
+            for ordered in ((False, True) if args.quadmamba_s else (args.orders, )):
+                contenders = make_contenders(backends, shape, device, ordered, args.mamba)
+                results, nbytes = benchmark(contenders, shape, device, getattr(torch, dtype),
+                                            args.repeat, ordered, warmup=args.warmup)
+                report(shape, dtype, device, args.repeat, ordered, results, nbytes, bandwidth)
+                found += records(shape, dtype, ordered, results, nbytes, bandwidth)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(
+            device=device_name(device), device_type=device.type, torch=torch.__version__,
+            copy_GBps=bandwidth / 1e9 if bandwidth else None, repeat=args.repeat,
+            warmup=args.warmup, tiny=args.tiny, results=found), indent=1))
+        print(f'wrote {args.json}')
 
 
 if __name__ == '__main__':
