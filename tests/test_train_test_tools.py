@@ -108,38 +108,153 @@ def test_mismatched_checkpoint_is_refused_by_name(setup, tmp_path):
     assert 'backbone.unknown.weight' in result.stderr
 
 
+# A hook that makes every checkpoint about 64 MB, so that writing one takes long enough to
+# kill the run in the middle of it.
+PADDED_CHECKPOINT_HOOK = """
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class PaddedCheckpointHook(Hook):
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint['padding'] = torch.zeros(4 * 2**20)
+"""
+
+
+def partial_writes(folder: Path):
+    return [p for p in folder.iterdir() if p.name.endswith('.partial')] if folder.is_dir() else []
+
+
 def test_killed_run_resumes_at_the_right_iteration(setup, tmp_path):
-    """SIGKILL a run after its first checkpoint; --resume continues from the last complete one."""
+    """SIGKILL a run while it writes a checkpoint: no truncated checkpoint is left, the stale
+    temporary file goes on resume, and --resume continues from the last complete one."""
     _, config = setup
+    (tmp_path / 'padded_checkpoint.py').write_text(PADDED_CHECKPOINT_HOOK)
+    padded = tmp_path / 'padded.py'
+    padded.write_text(f'''
+_base_ = [{str(config)!r}]
+custom_imports = dict(imports=['quadmamba_mm', 'padded_checkpoint'], allow_failed_imports=False)
+custom_hooks = [dict(type='PaddedCheckpointHook')]
+''')
+    env = dict(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path),
+                                                        os.environ.get('PYTHONPATH')])))
     work = tmp_path / 'killed'
-    args = [sys.executable, 'tools/train.py', str(config), '--work-dir', str(work),
+    args = [sys.executable, 'tools/train.py', str(padded), '--work-dir', str(work),
             '--cfg-options', 'train_cfg.max_epochs=20']
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, env={**os.environ, **env})
+    interrupted = []
     try:
+        # Kill the run as soon as it is writing a checkpoint after the first one.
         deadline = time.time() + 300
-        while not loads(work / 'epoch_1.pth') and time.time() < deadline:
-            time.sleep(0.2)
+        while not interrupted and time.time() < deadline and process.poll() is None:
+            interrupted = [p for p in partial_writes(work)
+                           if p.name.startswith('.epoch_') and not p.name.startswith('.epoch_1.')]
+            time.sleep(0.002)
     finally:
         process.kill()
         process.wait()
-    assert (work / 'epoch_1.pth').exists()
+    assert interrupted, 'the run was not caught writing a checkpoint'
+    assert partial_writes(work), 'the kill left no temporary file: it did not hit the write'
     done = sorted(work.glob('epoch_*.pth'), key=lambda p: int(p.stem.split('_')[1]))
+    assert done and all(loads(p) for p in done), 'a checkpoint was left truncated'
+    assert loads(work / (work / 'last_checkpoint').read_text())
     last = int(done[-1].stem.split('_')[1])
     assert last < 20, 'the run finished before it was killed'
-    complete = [p for p in done if loads(p)]  # the kill may have cut the newest one short
-    # The worst moment to be killed: while saving the next checkpoint (truncated file) and
-    # after the pointer file was opened but before it was written (empty pointer).
-    (work / f'epoch_{last + 1}.pth').write_bytes(complete[-1].read_bytes()[:1000])
+    # Files of a writer that is not atomic: a truncated newest checkpoint and an empty
+    # pointer. Resuming skips them.
+    (work / f'epoch_{last + 1}.pth').write_bytes(done[-1].read_bytes()[:1000])
     (work / 'last_checkpoint').write_text('')
 
-    result = run(sys.executable, 'tools/train.py', config, '--work-dir', work, '--resume',
-                 '--cfg-options', f'train_cfg.max_epochs={last + 2}')
+    result = run(sys.executable, 'tools/train.py', padded, '--work-dir', work, '--resume',
+                 '--cfg-options', f'train_cfg.max_epochs={last + 2}', env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f'resuming from {complete[-1]}' in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert f'resuming from {done[-1]}' in log
+    assert 'left by a checkpoint write that was interrupted' in log
+    assert not partial_writes(work)
     checkpoint = torch.load(work / f'epoch_{last + 2}.pth', weights_only=True)
     assert checkpoint['meta']['epoch'] == last + 2
     assert checkpoint['meta']['iter'] == 4 * (last + 2)  # 4 iterations per epoch
+
+
+class FakeRunner:
+    """What a CheckpointHook uses of a Runner; saves a small checkpoint the Runner's way."""
+
+    def __init__(self, work_dir: Path, name: str):
+        from mmengine.logging import MessageHub, MMLogger
+        self.work_dir, self.epoch, self.iter = str(work_dir), 0, 0
+        self.message_hub = MessageHub.get_instance(name)
+        self.logger = MMLogger.get_instance(name)
+
+    def save_checkpoint(self, out_dir, filename, file_client_args=None, backend_args=None, **_):
+        from mmengine.fileio import join_path
+        from mmengine.runner.checkpoint import save_checkpoint
+        save_checkpoint({'meta': dict(epoch=self.epoch), 'state_dict': {'w': torch.ones(2)}},
+                        join_path(out_dir, filename, backend_args=backend_args),
+                        backend_args=backend_args)
+
+
+@pytest.mark.parametrize('scope', ['mmpretrain', 'mmdet', 'mmseg'])
+def test_checkpoint_hook_writes_atomically(tmp_path, scope):
+    """type='CheckpointHook' builds the atomic hook in every toolbox. A new checkpoint is
+    complete before the one it replaces (max_keep_ckpts, save_best) is removed."""
+    from mmengine.registry import HOOKS, init_default_scope
+
+    from quadmamba_mm.engine import AtomicCheckpointHook
+    init_default_scope(scope)
+    hook = HOOKS.build(dict(type='CheckpointHook', interval=1, max_keep_ckpts=1,
+                            save_best='acc', rule='greater'))
+    assert isinstance(hook, AtomicCheckpointHook)
+    runner = FakeRunner(tmp_path, f'atomic-{scope}')
+    stale = tmp_path / '.epoch_1.pth.123-0badcafe.partial'
+    stale.write_bytes(b'cut short')
+    hook.before_train(runner)
+    assert hook.writes_atomically and not stale.exists()
+
+    backend, removed = hook.file_backend, []
+
+    def remove(path):  # the checkpoints that replace it are complete by now
+        assert loads(hook.last_ckpt) and loads(hook.best_ckpt_path)
+        removed.append(Path(path).name)
+        os.remove(path)
+
+    backend.remove = remove
+    for epoch, acc in enumerate([0.5, 0.7, 0.6]):
+        runner.epoch = epoch
+        hook._save_checkpoint(runner)
+        runner.epoch = epoch + 1  # as after_val_epoch sees it
+        hook._save_best_checkpoint(runner, {'acc': acc})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ['best_acc_epoch_2.pth', 'epoch_3.pth', 'last_checkpoint']
+    assert removed == ['epoch_1.pth', 'best_acc_epoch_1.pth', 'epoch_2.pth']
+    assert (tmp_path / 'last_checkpoint').read_text() == str(tmp_path / 'epoch_3.pth')
+    assert all(loads(tmp_path / n) for n in names if n.endswith('.pth'))
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    from quadmamba_mm.engine import atomic_write
+    path = tmp_path / 'epoch_1.pth'
+    atomic_write(str(path), b'old')
+    assert path.read_bytes() == b'old' and oct(path.stat().st_mode & 0o777) == oct(
+        0o666 & ~current_umask())
+
+    def fail(fd):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(os, 'fsync', fail)
+    with pytest.raises(OSError, match='disk full'):
+        atomic_write(str(path), b'new content')
+    assert path.read_bytes() == b'old' and sorted(tmp_path.iterdir()) == [path]
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def loads(path) -> bool:

@@ -5,9 +5,11 @@
 
 The toolbox comes from the config's ``default_scope``; the arguments are the ones the three
 toolboxes' own train.py scripts take. ``--resume`` alone resumes from the latest checkpoint in
-the work dir; ``--resume CKPT`` from that file. Multi-process runs come from
-``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``; without GPUs the processes
-talk over gloo on the CPU, with GPUs over NCCL.
+the work dir; ``--resume CKPT`` from that file. Checkpoints and the ``last_checkpoint``
+pointer are written atomically (``quadmamba_mm.engine.atomic_checkpoint``), so a killed run
+leaves no truncated file; a truncated one from elsewhere is skipped when resuming.
+Multi-process runs come from ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``;
+without GPUs the processes talk over gloo on the CPU, with GPUs over NCCL.
 """
 import argparse
 

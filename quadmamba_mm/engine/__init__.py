@@ -1,9 +1,18 @@
 """Training utilities registered for all three toolboxes."""
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
 
+from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
+                                remove_stale_temporaries, use_atomic_checkpoint_hook)
 from .layer_decay import LayerDecayOptimWrapperConstructor
 
 # Same bridge as the models: unprefixed names resolve from mmdet/mmseg/mmpretrain scopes.
 ROOT_CONSTRUCTORS.register_module(module=LayerDecayOptimWrapperConstructor)
 
-__all__ = ['LayerDecayOptimWrapperConstructor']
+# type='CheckpointHook' (the toolboxes' default_hooks, the Runner's default) now writes every
+# checkpoint and the last_checkpoint pointer atomically; atomic=False turns that off.
+use_atomic_checkpoint_hook()
+
+__all__ = [
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'LayerDecayOptimWrapperConstructor',
+    'atomic_write', 'remove_stale_temporaries', 'use_atomic_checkpoint_hook'
+]

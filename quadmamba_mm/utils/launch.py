@@ -8,6 +8,7 @@ import pickle
 import re
 import sys
 import zipfile
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -85,14 +86,17 @@ def finish_distributed() -> None:
         os._exit(0)
 
 
-def latest_complete_checkpoint(work_dir: str) -> str | None:
+def latest_complete_checkpoint(work_dir: str) -> Optional[str]:
     """The newest checkpoint in ``work_dir`` that was written completely, or None.
 
-    mmengine writes ``epoch_N.pth`` and then the ``last_checkpoint`` pointer, neither
-    atomically: a run killed at the wrong moment leaves a truncated checkpoint or an empty
-    pointer, which mmengine's own ``--resume`` turns into "can not be found". A torch
-    checkpoint is a zip archive whose directory is written last, so a readable zip directory
-    marks a complete file.
+    With ``quadmamba_mm`` imported, the checkpoint hook writes ``epoch_N.pth`` and then the
+    ``last_checkpoint`` pointer atomically (:mod:`quadmamba_mm.engine.atomic_checkpoint`;
+    its temporary files do not match ``(epoch|iter)_N.pth``). mmengine's own writes
+    (``atomic=False``, or a work dir written without this package) are not atomic: a run
+    killed at the wrong moment leaves a truncated checkpoint or an empty pointer, which
+    mmengine's own ``--resume`` turns into "can not be found". A torch checkpoint is a zip
+    archive whose directory is written last, so a readable zip directory marks a complete
+    file.
     """
     pointer = osp.join(work_dir, 'last_checkpoint')
     candidates = []

@@ -6,10 +6,11 @@ such a file without running any of its code; :func:`convert_upstream_state_dict`
 key (an unknown key is an error) and checks the result against the model it describes.
 """
 import _compat_pickle
+import math
 import pickle
 import re
 import types
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -140,22 +141,112 @@ def rename_key(key: str) -> str:
     raise KeyError(key)
 
 
+# Our key pattern -> upstream, for the keys of a classifier (backbone with out_indices=(3, )
+# plus head): the inverse of KEY_RULES, used to write weights in the released code's format.
+_UPSTREAM_BLOCK = r'layers.\1.blocks.\2.'
+INVERSE_KEY_RULES = [
+    (r'^backbone\.patch_embed\.conv1\.', 'patch_embed.0.'),
+    (r'^backbone\.patch_embed\.norm1\.', 'patch_embed.2.'),
+    (r'^backbone\.patch_embed\.conv2\.', 'patch_embed.5.'),
+    (r'^backbone\.patch_embed\.norm2\.', 'patch_embed.7.'),
+    (r'^backbone\.stages\.(\d+)\.downsample\.reduction\.', r'layers.\1.downsample.1.'),
+    (r'^backbone\.stages\.(\d+)\.downsample\.norm\.', r'layers.\1.downsample.3.'),
+    *[(r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.op\.predictor\.layers\.' + ours + r'\.',
+       _UPSTREAM_BLOCK + 'op.score_predictor.' + theirs + '.')
+      for ours, theirs in (('0', 'in_conv.0'), ('1', 'in_conv.1'), ('3', 'out_conv.0'),
+                           ('5', 'out_conv.2'), ('7', 'out_conv.4'))],
+    (r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.mlp\.0\.', _UPSTREAM_BLOCK + 'mlp.fc1.'),
+    (r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.mlp\.2\.', _UPSTREAM_BLOCK + 'mlp.fc2.'),
+    (r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.(norm|norm2)\.(weight|bias)$',
+     _UPSTREAM_BLOCK + r'\3.\4'),
+    (r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.op\.'
+     r'(x_proj_weight|dt_projs_weight|dt_projs_bias|A_logs|Ds)$', _UPSTREAM_BLOCK + r'op.\3'),
+    (r'^backbone\.stages\.(\d+)\.blocks\.(\d+)\.op\.(out_norm|in_proj|conv2d|out_proj)\.',
+     _UPSTREAM_BLOCK + r'op.\3.'),
+    (r'^backbone\.norm3\.', 'classifier.norm.'),
+    (r'^head\.fc\.', 'classifier.head.'),
+]
+
+# QuadMamba's defaults for the arguments :func:`infer_arch` reads besides ``arch``.
+_DEFAULTS = dict(d_state=1, dt_rank='auto', mlp_ratio=4.0, quadtree_stages=(0, 1))
+
+
+def to_upstream_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Our classifier's state dict (``backbone.*`` with ``norm3``, ``head.fc.*``) under the
+    released code's key names: the inverse of :func:`convert_upstream_state_dict`."""
+    upstream, unknown = {}, []
+    for key, value in state_dict.items():
+        for pattern, replacement in INVERSE_KEY_RULES:
+            if re.search(pattern, key):
+                upstream[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConversionError(f'{len(unknown)} keys have no upstream name (expected the keys of '
+                              f'a classifier with out_indices=(3, )): {unknown}')
+    return upstream
+
+
 def infer_arch(state_dict: Dict[str, Tensor]) -> dict:
-    """``arch`` (embed_dims, depths, ssm_ratio) and ``d_state`` of a converted state dict."""
-    try:
-        embed_dims = state_dict['backbone.patch_embed.conv2.weight'].shape[0]
-        d_inner = state_dict['backbone.stages.0.blocks.0.op.in_proj.weight'].shape[0]
-        d_state = state_dict['backbone.stages.0.blocks.0.op.A_logs'].shape[1]
-    except KeyError as missing:
-        raise ConversionError(f'cannot infer the architecture: missing key {missing}') from None
+    """The ``QuadMamba`` arguments a converted state dict describes, from tensor shapes and
+    block counts: ``arch`` (embed_dims, depths, ssm_ratio), ``d_state``, ``dt_rank``,
+    ``mlp_ratio`` and ``quadtree_stages`` (the stages whose blocks scan 2 directions)."""
+    def shape(key):
+        try:
+            return state_dict[key].shape
+        except KeyError:
+            raise ConversionError(f'cannot infer the architecture: missing key {key!r}') from None
+
+    block = 'backbone.stages.{}.blocks.0.'
+    embed_dims = shape('backbone.patch_embed.conv2.weight')[0]
+    d_inner = shape(block.format(0) + 'op.in_proj.weight')[0]
+    d_state = shape(block.format(0) + 'op.A_logs')[1]
+    dt_rank = shape(block.format(0) + 'op.dt_projs_weight')[2]
+    mlp_hidden = shape(block.format(0) + 'mlp.0.weight')[0]
     depths = [0, 0, 0, 0]
     for key in state_dict:
         match = re.match(r'backbone\.stages\.(\d+)\.blocks\.(\d+)\.', key)
         if match:
-            stage, block = int(match.group(1)), int(match.group(2))
-            depths[stage] = max(depths[stage], block + 1)
-    return dict(arch=dict(embed_dims=embed_dims, depths=tuple(depths),
-                          ssm_ratio=d_inner / embed_dims), d_state=d_state)
+            stage, index = int(match.group(1)), int(match.group(2))
+            if stage >= len(depths):
+                raise ConversionError(f'expected 4 stages, found the key {key!r}')
+            depths[stage] = max(depths[stage], index + 1)
+    if 0 in depths:
+        raise ConversionError(f'expected blocks in all 4 stages, found depths {depths}')
+    quadtree_stages = tuple(i for i in range(4)
+                            if shape(block.format(i) + 'op.x_proj_weight')[0] == 2)
+    return dict(
+        arch=dict(embed_dims=embed_dims, depths=tuple(depths), ssm_ratio=d_inner / embed_dims),
+        d_state=d_state,
+        dt_rank='auto' if dt_rank == math.ceil(embed_dims / 16) else dt_rank,
+        mlp_ratio=mlp_hidden / embed_dims,
+        quadtree_stages=quadtree_stages)
+
+
+def arch_name(kwargs: dict) -> Optional[str]:
+    """``'li'``, ``'t'``, ``'s'`` or ``'b'`` when ``kwargs`` (from :func:`infer_arch`) is that
+    preset with every other argument at its default; None otherwise."""
+    from ..models import QuadMamba
+    if any(kwargs.get(k, v) != v for k, v in _DEFAULTS.items()):
+        return None
+    for name, arch in QuadMamba.arch_settings.items():
+        if (arch['embed_dims'], tuple(arch['depths']), float(arch['ssm_ratio'])) == (
+                kwargs['arch']['embed_dims'], tuple(kwargs['arch']['depths']),
+                float(kwargs['arch']['ssm_ratio'])):
+            return name
+    return None
+
+
+def backbone_config_text(kwargs: dict) -> str:
+    """The ``backbone=dict(...)`` settings of a config for the architecture ``kwargs``
+    describes (from :func:`infer_arch`), with the released scan layout."""
+    arch = kwargs['arch']
+    items = [f"arch=dict(embed_dims={arch['embed_dims']}, depths={tuple(arch['depths'])}, "
+             f"ssm_ratio={arch['ssm_ratio']})"]
+    items += [f'{k}={kwargs[k]!r}' for k, v in _DEFAULTS.items() if kwargs.get(k, v) != v]
+    items.append("scan_layout='upstream'")
+    return 'backbone=dict(' + ', '.join(items) + ')'
 
 
 def convert_upstream_state_dict(upstream: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], dict]:
@@ -163,7 +254,7 @@ def convert_upstream_state_dict(upstream: Dict[str, Tensor]) -> Tuple[Dict[str, 
 
     Returns:
         The mmpretrain state dict (``backbone.*``, ``head.fc.*``) and the inferred
-        ``QuadMamba`` arguments (``arch``, ``d_state``).
+        ``QuadMamba`` arguments (see :func:`infer_arch`).
 
     Raises:
         ConversionError: naming unknown keys, missing keys or shape mismatches.
@@ -189,7 +280,7 @@ def convert_upstream_state_dict(upstream: Dict[str, Tensor]) -> Tuple[Dict[str, 
                      'head.fc.bias': torch.Size([head_weight.shape[0]])})
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
-    wrong = [f'{k}: {tuple(converted[k].shape)} vs {tuple(expected[k])}'
+    wrong = [f'{k}: {tuple(converted[k].shape)} in the checkpoint, {tuple(expected[k])} expected'
              for k in sorted(set(expected) & set(converted)) if converted[k].shape != expected[k]]
     if missing or unexpected or wrong:
         raise ConversionError(f'the checkpoint does not match QuadMamba({kwargs}): '
