@@ -78,13 +78,22 @@ def softplus(z: Tensor) -> Tensor:
     ``F.softplus`` calls ``log1p``, which several CPU builds leave unvectorised (a scalar
     loop, about 10x the time of ``exp`` on AMD Zen 4 with AVX-512). Here ``w = 1 + e^z`` is
     rounded and ``log1p(e^z) = log(w) + (e^z - (w - 1)) / w`` restores what the rounding
-    lost (the second-order remainder is below fp32 resolution). Above 20, softplus(z) is
-    ``z`` to fp32 precision: the exponent is capped there and the rest added back.
+    lost (the second-order remainder is below fp32 resolution). The exponent is capped at
+    20; above it softplus(z) is ``z`` to fp32 precision, and below it softplus(z) > z, so
+    ``max(., z)`` picks the right one. Three buffers, the rest in place: fresh
+    allocations cost page faults on CPUs.
     """
-    e = torch.exp(z.clamp(max=20.))
+    if z.requires_grad and torch.is_grad_enabled():  # the same formula, differentiable
+        e = torch.exp(z.clamp(max=20.))
+        w = e + 1
+        return torch.maximum(torch.log(w) + (e - (w - 1)) / w, z)
+    e = z.clamp(max=20.).exp_()
     w = e + 1
-    lost = torch.sub(e, w - 1).div_(w)
-    return torch.log(w).add_(lost).add_((z - 20.).clamp_(min=0.))
+    out = torch.log(w)
+    d = w.sub_(1)  # w - 1, exact (Sterbenz) where the correction matters
+    e.sub_(d)  # what rounding 1 + e^z lost
+    out.add_(e.div_(d.add_(1)))  # d + 1 is w again, exactly
+    return torch.maximum(out, z, out=out)
 
 
 def _discretize(delta: Tensor, delta_bias: Optional[Tensor],

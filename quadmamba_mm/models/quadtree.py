@@ -71,10 +71,12 @@ class _QuadtreeGather(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = merge_sequences(grad, inverses[picked])
         if ctx.needs_input_grad[1]:
-            grad_choice = torch.stack([
-                (grad * gather_sequences(x, orders[g:g + 1])).flatten(1).sum(1).float()
+            # <grad, gather_g> per sample as a batched dot product: no product tensor.
+            flat_grad = grad.flatten(1)[:, None, :]
+            grad_choice = torch.cat([
+                torch.bmm(flat_grad, gather_sequences(x, orders[g:g + 1]).flatten(1)[:, :, None])
                 for g in range(orders.shape[0])
-            ], dim=1)
+            ], dim=1).flatten(1).float()
         return grad_x, grad_choice, None, None
 
 

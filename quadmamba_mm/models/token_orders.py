@@ -152,9 +152,9 @@ def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
     """``(B, 4, D, H*W)`` cross-scan outputs -> ``(B, D, H*W)``, back in map order and
     summed; equal to ``merge_sequences`` with the cross-scan inverses, without a gather."""
     batch, _, dim, length = y.shape
-    rows = y[:, 0] + y[:, 2].flip(-1)
-    cols = (y[:, 1] + y[:, 3].flip(-1)).view(batch, dim, width, height).transpose(2, 3)
-    return rows + cols.reshape(batch, dim, length)
+    rows, cols, rows_back, cols_back = y.unbind(1)  # not y[:, k]: no zero-filled gradients
+    cols = (cols + cols_back.flip(-1)).view(batch, dim, width, height).transpose(2, 3)
+    return (rows + rows_back.flip(-1)).add_(cols.reshape(batch, dim, length))
 
 
 def gather_sequences(x: Tensor, order: Tensor) -> Tensor:
@@ -188,12 +188,13 @@ class CrossScanOrders(ScanOrders):
     width: int
 
     def to_scan_order(self, t: Tensor, order_index: Optional[Tensor] = None) -> Tensor:
-        batch, _, width, length = t.shape
-        t = t.expand(batch, 4, width, length)
-        rows = t[:, 0::2]
-        cols = t[:, 1::2].unflatten(-1, (self.height, self.width)).transpose(-1, -2).flatten(-2)
-        return torch.stack([rows[:, 0], cols[:, 0], rows[:, 1].flip(-1), cols[:, 1].flip(-1)],
-                           dim=1)
+        # unbind/squeeze and stack, not indexing: their gradients need no zero-filled buffers.
+        rows, cols, rows_back, cols_back = t.unbind(1) if t.shape[1] == 4 else [t.squeeze(1)] * 4
+        return torch.stack([rows, self._columns(cols), rows_back.flip(-1),
+                            self._columns(cols_back).flip(-1)], dim=1)
+
+    def _columns(self, t: Tensor) -> Tensor:
+        return t.unflatten(-1, (self.height, self.width)).transpose(-1, -2).flatten(-2)
 
     def to_map_order(self, y: Tensor, order_index: Optional[Tensor] = None) -> Tensor:
         return cross_merge(y, self.height, self.width)
