@@ -83,7 +83,8 @@ def softplus(z: Tensor) -> Tensor:
     ``max(., z)`` picks the right one. Three buffers, the rest in place: fresh
     allocations cost page faults on CPUs.
     """
-    if z.requires_grad and torch.is_grad_enabled():  # the same formula, differentiable
+    if ((z.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()):  # the same formula, out of place
         e = torch.exp(z.clamp(max=20.))
         w = e + 1
         return torch.maximum(torch.log(w) + (e - (w - 1)) / w, z)

@@ -84,7 +84,8 @@ def as_scan_orders(orders: Union[Tensor, ScanOrders], batch: int) -> Tuple[ScanO
             checked = ScanOrders(orders)
         except ValueError as error:
             raise ValueError(f'selective_scan: {error}') from None
-        _CHECKED[key] = (weakref.ref(orders, lambda _: _CHECKED.pop(key, None)),
+        # The callback holds the dict itself: at interpreter exit the module global is gone.
+        _CHECKED[key] = (weakref.ref(orders, lambda _, table=_CHECKED: table.pop(key, None)),
                          orders._version, checked)
     per_sample = orders.shape[0] > 1
     return checked, (torch.arange(batch, device=orders.device) if per_sample else None)
