@@ -10,11 +10,12 @@ from .chunked import selective_scan_chunked
 from .custom_op import selective_scan_op
 from .interface import selective_scan
 from .map_order import ScanOrders
+from .projected import selective_scan_projected
 from .reference import selective_scan_reference
 from .segsum import selective_scan_segsum
 
 __all__ = [
-    'selective_scan', 'ScanOrders', 'selective_scan_op', 'selective_scan_reference',
+    'selective_scan', 'selective_scan_projected', 'ScanOrders', 'selective_scan_op', 'selective_scan_reference',
     'selective_scan_chunked', 'selective_scan_segsum', 'ScanBackend', 'register_backend',
     'resolve_backend', 'get_backend', 'available_backends'
 ]

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from quadmamba_mm.models import QuadMamba
+from tiny import tiny_backbone
 
-TINY = dict(embed_dims=16, depths=(1, 1, 1, 1), ssm_ratio=1.0)
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(**kwargs):
-    return QuadMamba(arch=TINY, drop_path_rate=0., out_indices=(0, 1, 2, 3), **kwargs)
+    return tiny_backbone(depths=(1, 1, 1, 1), out_indices=(0, 1, 2, 3), **kwargs)
 
 
 def outputs_and_grads(model, x, training):

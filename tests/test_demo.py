@@ -1,4 +1,5 @@
 """The embedded data and the demo configs: each toolbox reads the data, each demo trains."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,11 @@ def test_demo_config_trains_and_evaluates(tmp_path, data, config):
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert any(key in log for key in ('coco/bbox_mAP', 'mIoU', 'accuracy/top1')), log[-2000:]
+    # The evaluation of this config's own task ran and logged a number.
+    metric = {'mask-rcnn': r'coco/bbox_mAP: ', 'upernet': r'mIoU: ',
+              'quadmamba-li': r'accuracy/top1: '}[config.split('_')[0]]
+    values = [float(v) for v in re.findall(metric + r'(-?[0-9.]+)', log)]
+    assert values and all(v == v and v >= 0 for v in values), log[-2000:]
 
     # The trained checkpoint through the inference tool, on a folder of images.
     checkpoint = (tmp_path / 'last_checkpoint').read_text().strip()

@@ -7,12 +7,7 @@ from quadmamba_mm.models.classifier import QuadMambaClassifier
 from quadmamba_mm.models.quadmamba import SHIFT_DIRECTIONS
 from quadmamba_mm.utils.complexity import count_params_and_flops
 
-TINY = dict(embed_dims=16, depths=(2, 2, 1, 1), ssm_ratio=1.0)
-
-
-def tiny(**kwargs):
-    kwargs.setdefault('drop_path_rate', 0.)
-    return QuadMamba(arch=TINY, **kwargs)
+from tiny import tiny_backbone as tiny
 
 
 # Paper Table 7: params (M) and FLOPs (G) at 224x224.
@@ -114,13 +109,24 @@ def test_ablation_switches():
     assert all(b.shift_direction is None for s in no_shift.stages for b in s.blocks)
     stage1_only = tiny(quadtree_stages=(0, ))
     assert [b.op.scan for b in stage1_only.stages[1].blocks] == ['cross', 'cross']
-    no_shift.eval()(torch.randn(1, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    shifted = tiny().eval()
+    shifted.load_state_dict(no_shift.state_dict())
+    assert not torch.allclose(no_shift.eval()(x)[0], shifted(x)[0])  # the shift matters
+
     fixed = tiny(quadtree_fixed_window=3)
     assert not any(name.endswith('predictor') for name, _ in fixed.named_modules())
-    fixed.train()(torch.randn(1, 3, 64, 64))[0].mean().backward()
+    fixed.train()(x)[0].mean().backward()
+    grads = [p.grad for p in fixed.stages[0].parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert fixed.stages[0].blocks[0].op.x_proj_weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match='fixed_window must index the 4 coarse windows'):
         tiny(quadtree_fixed_window=4)
-    tiny(quadtree_split=1).eval()(torch.randn(1, 3, 64, 64))
+
+    split_once = tiny(quadtree_split=1).eval()
+    split_once.load_state_dict(shifted.state_dict())
+    out = split_once(x)[0]
+    assert torch.isfinite(out).all() and not torch.allclose(out, shifted(x)[0])
 
 
 def test_frozen_stages_freeze_params_and_keep_eval_mode():

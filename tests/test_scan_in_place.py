@@ -11,12 +11,7 @@ from quadmamba_mm.utils.complexity import count_params_and_flops
 
 from test_selective_scan import make_inputs
 
-TINY = dict(embed_dims=16, depths=(2, 2, 1, 1), ssm_ratio=1.0)
-
-
-def tiny(**kwargs):
-    kwargs.setdefault('drop_path_rate', 0.)
-    return QuadMamba(arch=TINY, **kwargs)
+from tiny import tiny_backbone as tiny
 
 
 def test_orders_are_checked_once_per_map_size(monkeypatch):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from quadmamba_mm.models import QuadMamba
 from quadmamba_mm.models.quadtree import upstream_quadtree_sequences
 
-TINY = dict(embed_dims=16, depths=(2, 2, 1, 1), ssm_ratio=1.0)
+from tiny import TINY_ARCH as TINY
 
 
 @pytest.mark.parametrize('choice', range(4))

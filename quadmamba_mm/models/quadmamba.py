@@ -158,34 +158,19 @@ class SS2D(nn.Module):
     def forward(self, x: Tensor, shift: Optional[Tuple[int, int]] = None) -> Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``; ``shift`` rolls the map around the scan."""
         batch, height, width, _ = x.shape
-        k, d, n, length = self.num_directions, self.d_inner, self.d_state, height * width
+        k, d, length = self.num_directions, self.d_inner, height * width
         x = self.act(self.conv2d(self.in_proj(x).permute(0, 3, 1, 2)))  # (B, D, H, W)
         flat = x.reshape(batch, d, length)
         choice = self.window_choice(x, shift) if self.scan == 'quadtree' else None
         in_place = self.pattern.map_orders(choice, height, width, shift, x.device)
-        if in_place is not None:
-            # x_proj and dt_proj act per token: computed on the map, read in scan order.
-            orders, order_index = in_place
-            u, merge = flat, None
-            x_dbl = torch.einsum('bdl,kcd->bkcl', flat, self.x_proj_weight)
-        else:
+        if in_place is not None:  # the kernels read the map through the orders
+            (orders, order_index), source, merge = in_place, flat, None
+        else:  # sequences gathered here (a gradient to the window choice needs them)
             orders = order_index = None
-            xs, merge = self.pattern.sequences(flat, choice, height, width, shift)
-            u = xs.reshape(batch, k * d, length)
-            x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
-        dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)
-        y = self.selective_scan(
-            u,
-            dts.reshape(batch, k * d, length),
-            -torch.exp(self.A_logs.float()),
-            Bs.contiguous(),
-            Cs.contiguous(),
-            self.Ds.float(),
-            self.dt_projs_bias.float().flatten(),
-            delta_softplus=True,
-            orders=orders,
-            order_index=order_index)
+            source, merge = self.pattern.sequences(flat, choice, height, width, shift)
+        y = self.selective_scan(source, self.x_proj_weight, self.dt_projs_weight,
+                                self.dt_projs_bias.float(), -torch.exp(self.A_logs.float()),
+                                self.Ds.float(), orders=orders, order_index=order_index)
         if merge is not None:
             y = merge(y.view(batch, k, d, length))
         y = y.view(batch, d, height, width).permute(0, 2, 3, 1)

@@ -11,14 +11,15 @@ from typing import Optional
 import torch.nn as nn
 from torch import Tensor
 
-from quadmamba_kernels import ScanOrders, available_backends, selective_scan
+from quadmamba_kernels import ScanOrders, available_backends, selective_scan_projected
 
 from ..registry import MODELS
 
 
 @MODELS.register_module()
 class SelectiveScan(nn.Module):
-    """The selective scan of :func:`quadmamba_kernels.selective_scan`, fp32 out.
+    """The selective scan with its input projections, fp32 out
+    (:func:`quadmamba_kernels.selective_scan_projected`).
 
     Args:
         backend: a registered scan backend or ``'auto'``. Default: ``'auto'``.
@@ -32,18 +33,19 @@ class SelectiveScan(nn.Module):
         self.backend = backend
 
     def forward(self,
-                u: Tensor,
-                delta: Tensor,
+                x: Tensor,
+                x_proj_weight: Tensor,
+                dt_proj_weight: Tensor,
+                dt_bias: Tensor,
                 A: Tensor,
-                B: Tensor,
-                C: Tensor,
                 D: Optional[Tensor] = None,
-                delta_bias: Optional[Tensor] = None,
-                delta_softplus: bool = False,
                 orders: Optional[ScanOrders] = None,
                 order_index: Optional[Tensor] = None) -> Tensor:
-        return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, orders=orders,
-                              order_index=order_index, backend=self.backend, output_fp32=True)
+        """The SS2D scan core of :func:`quadmamba_kernels.selective_scan_projected`: the
+        ``(B, D, L)`` map with its orders, or ``(B, K, D, L)`` sequences without."""
+        return selective_scan_projected(x, x_proj_weight, dt_proj_weight, dt_bias, A, D,
+                                        orders=orders, order_index=order_index,
+                                        backend=self.backend)
 
     def extra_repr(self) -> str:
         return f'backend={self.backend!r}'
