@@ -7,15 +7,8 @@
 set -euo pipefail
 TOOLS="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$TOOLS")"
-if [[ -n "${PYTHON:-}" ]]; then
-    PY="$PYTHON"
-elif [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
-    PY="$VIRTUAL_ENV/bin/python"
-elif [[ -x "$ROOT/.venv/bin/python" ]]; then
-    PY="$ROOT/.venv/bin/python"
-else
-    PY=python3
-fi
+# shellcheck source=tools/find_python.sh
+source "$TOOLS/find_python.sh"
 # Without torch, torchrun would only say "No module named torch": say which Python was
 # chosen and how to pick another.
 if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' \

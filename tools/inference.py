@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from mmengine.config import Config
 
-from quadmamba_mm.utils.images import UnreadableImage, list_images, one_line, read_image
+from quadmamba_mm.utils.images import list_images, run_per_image
 from quadmamba_mm.utils.launch import check_checkpoint
 from quadmamba_mm.utils.toolbox import toolbox_of
 
@@ -131,27 +131,15 @@ def main():
         raise SystemExit(str(error)) from None
     predictor = Predictor(toolbox_of(Config.fromfile(args.config)), args.config,
                           args.checkpoint, args.device, args.out_dir, args.score_thr)
-    failed = 0
-    for path in images:
-        try:
-            image = read_image(path)
-        except UnreadableImage as error:
-            print(f'{path}: skipped, {error}', file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        try:
-            summary = predictor(image, path)
-        except Exception as error:  # one image's failure must not cost the others theirs
-            release_device_memory()
-            print(f'{path}: failed ({image.shape[1]}x{image.shape[0]} pixels, width x height): '
-                  f'{type(error).__name__}: {one_line(error)}', file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        print(f'{path}: {summary}', flush=True)
-    print(f'{len(images)} images; outputs in {args.out_dir}; {len(images) - failed} ok, '
-          f'{failed} failed', flush=True)
-    sys.exit(1 if failed else 0)
 
+    def handle(path, image):
+        try:
+            return predictor(image, path)
+        except Exception:
+            release_device_memory()
+            raise
+
+    sys.exit(run_per_image(images, handle, args.out_dir))
 
 if __name__ == '__main__':
     main()

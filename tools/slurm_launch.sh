@@ -7,15 +7,8 @@
 set -euo pipefail
 TOOLS="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$TOOLS")"
-if [[ -n "${PYTHON:-}" ]]; then
-    PY="$PYTHON"
-elif [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
-    PY="$VIRTUAL_ENV/bin/python"
-elif [[ -x "$ROOT/.venv/bin/python" ]]; then
-    PY="$ROOT/.venv/bin/python"
-else
-    PY=python3
-fi
+# shellcheck source=tools/find_python.sh
+source "$TOOLS/find_python.sh"
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 # shellcheck disable=SC2086

@@ -18,7 +18,7 @@ import cv2
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
-from quadmamba_mm.utils.images import UnreadableImage, list_images, one_line, read_image
+from quadmamba_mm.utils.images import list_images, run_per_image
 from quadmamba_mm.utils.toolbox import build_model
 from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
                                         quadtree_partitions)
@@ -45,14 +45,8 @@ def main():
     preprocessor = cfg.model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in images:
-        try:
-            image = read_image(path)
-        except UnreadableImage as error:
-            print(f'{path}: skipped, {error}', file=sys.stderr, flush=True)
-            failed += 1
-            continue
+
+    def handle(path, image):
         height, width = image.shape[:2]
         note = ''
         if args.max_side and max(height, width) > args.max_side:
@@ -61,20 +55,12 @@ def main():
                                interpolation=cv2.INTER_AREA)
             note = f' (scaled from {width}x{height} to {image.shape[1]}x{image.shape[0]})'
         out = out_dir / f'{path.stem}_quadtree.png'
-        try:
-            records = quadtree_partitions(model.backbone, backbone_input(image, preprocessor))
-            if not cv2.imwrite(str(out), draw_all_partitions(image, records)):
-                raise OSError(f'could not write {out}')
-        except Exception as error:  # one image's failure must not cost the others theirs
-            print(f'{path}: failed ({image.shape[1]}x{image.shape[0]} pixels, width x height): '
-                  f'{type(error).__name__}: {one_line(error)}', file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        print(f'{path}: {len(records)} quadtree blocks -> {out}{note}', flush=True)
-    print(f'{len(images)} images; outputs in {out_dir}; {len(images) - failed} ok, '
-          f'{failed} failed', flush=True)
-    sys.exit(1 if failed else 0)
+        records = quadtree_partitions(model.backbone, backbone_input(image, preprocessor))
+        if not cv2.imwrite(str(out), draw_all_partitions(image, records)):
+            raise OSError(f'could not write {out}')
+        return f'{len(records)} quadtree blocks -> {out}{note}'
 
+    sys.exit(run_per_image(images, handle, out_dir))
 
 if __name__ == '__main__':
     main()

@@ -16,7 +16,7 @@ scan) -> :class:`QuadMambaBlock` (pre-norm mixer + MLP) -> :class:`QuadMambaStag
   year={2024}}
 """
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

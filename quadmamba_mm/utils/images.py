@@ -14,8 +14,9 @@ with the same file, so a model sees the same pixels as in ``tools/test.py``:
 Samples in 32-bit integers beyond the 16-bit range, floating-point samples and modes Pillow
 cannot convert to RGB are refused with the mode named.
 """
+import sys
 from pathlib import Path
-from typing import List, Union
+from typing import Callable, List, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -126,3 +127,29 @@ def _not_an_image(path: Path) -> str:
 def one_line(error: BaseException) -> str:
     """``error``'s message on one line: the tools print one line per file."""
     return ' '.join(str(error).split()) or type(error).__name__
+
+
+def run_per_image(paths: List[Path], handle: Callable[[Path, np.ndarray], str],
+                  out_dir: PathLike) -> int:
+    """``handle(path, image) -> summary`` on every readable image, one line each; an
+    unreadable file or a failing image costs only that image. Ends with a summary line and
+    returns the exit status: 1 if any file failed."""
+    failed = 0
+    for path in paths:
+        try:
+            image = read_image(path)
+        except UnreadableImage as error:
+            print(f'{path}: skipped, {error}', file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        try:
+            summary = handle(path, image)
+        except Exception as error:  # one image's failure must not cost the others theirs
+            print(f'{path}: failed ({image.shape[1]}x{image.shape[0]} pixels, width x height): '
+                  f'{type(error).__name__}: {one_line(error)}', file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        print(f'{path}: {summary}', flush=True)
+    print(f'{len(paths)} images; outputs in {out_dir}; {len(paths) - failed} ok, '
+          f'{failed} failed', flush=True)
+    return 1 if failed else 0

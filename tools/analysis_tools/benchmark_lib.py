@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from quadmamba_kernels.benchmark import device_name
+
 Size = Tuple[int, int]
 MODES = {'infer': 'inference', 'train': 'train step'}
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, None: None}
@@ -280,14 +282,7 @@ def cpu_step_memory(spec: str, size: Size, batch: int, mode: str, amp_name: Opti
 
 # ---- the machine ---------------------------------------------------------------------------
 def cpu_model_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            found = re.search(r'^model name\s*:\s*(.+)$', f.read(), re.M)
-        if found:
-            return found.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or 'unknown CPU'
+    return device_name(torch.device('cpu')) or 'unknown CPU'
 
 
 def set_tf32(enabled: bool) -> None:
