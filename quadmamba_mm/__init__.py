@@ -4,7 +4,7 @@ Importing the package (configs do it with ``custom_imports=dict(imports=['quadma
 registers the models and allow-lists the types of Runner checkpoints for safe loading.
 """
 from . import engine, models  # noqa: F401  (registers QuadMamba and the LR-decay constructor)
-from .utils.safe_load import allow_runner_checkpoint_types
+from .checkpoints.safe_load import allow_runner_checkpoint_types
 from .version import __version__
 
 allow_runner_checkpoint_types()

@@ -14,10 +14,10 @@ def backbone_input(image: np.ndarray, preprocessor: dict) -> torch.Tensor:
     """BGR image -> normalised ``(1, 3, H, W)`` tensor, as the config's data preprocessor
     normalises (without its batch padding, so maps line up with the image).
 
-    ``quadmamba_mm.utils.images.read_image`` gives such an image for any file mode."""
+    ``quadmamba_mm.runtime.images.read_image`` gives such an image for any file mode."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'expected an (H, W, 3) BGR image, got an array of shape {image.shape} '
-                         '(read files with quadmamba_mm.utils.images.read_image)')
+                         '(read files with quadmamba_mm.runtime.images.read_image)')
     if preprocessor.get('bgr_to_rgb') or preprocessor.get('to_rgb'):
         image = image[..., ::-1]
     mean = np.array(preprocessor.get('mean', [0., 0., 0.]), np.float32)

@@ -9,7 +9,7 @@ from mmengine.runner import Runner, load_checkpoint
 from torch.utils.data import Dataset
 
 import quadmamba_mm  # noqa: F401  (allow-lists the Runner's checkpoint types)
-from quadmamba_mm.utils.safe_load import runner_checkpoint_types
+from quadmamba_mm.checkpoints.safe_load import runner_checkpoint_types
 
 
 

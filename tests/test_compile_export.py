@@ -104,7 +104,7 @@ def test_onnx_runtime_matches_pytorch(tmp_path, capsys, config, shape):
     import pytorch2onnx
     from mmengine.config import Config
 
-    from quadmamba_mm.utils.toolbox import build_model
+    from quadmamba_mm.runtime.toolbox import build_model
     config_file = tmp_path / 'config.py'  # the demo config with one block per stage
     config_file.write_text(f"_base_ = ['{ROOT / config}']\nmodel = dict(backbone=dict(arch=dict("
                            "_delete_=True, embed_dims=48, depths=[1, 1, 1, 1], ssm_ratio=1.0)))\n")

@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from quadmamba_mm.utils.toolbox import build_model, dummy_data_samples
+from quadmamba_mm.runtime.toolbox import build_model, dummy_data_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)

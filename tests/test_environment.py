@@ -1,5 +1,5 @@
 """The installed stack: pinned versions, mmcv's compiled ops, one cv2 provider."""
-from quadmamba_mm.utils.env_check import find_problems, pinned_requirements
+from quadmamba_mm.runtime.env_check import find_problems, pinned_requirements
 
 
 def test_environment_has_the_pinned_stack_with_mmcv_ops():
@@ -13,7 +13,7 @@ def test_pins_come_from_setup_cfg():
 
 
 def test_mmcv_ops_run_on_the_cpu():
-    from quadmamba_mm.utils.env_check import check_mmcv_ops
+    from quadmamba_mm.runtime.env_check import check_mmcv_ops
     assert check_mmcv_ops('cpu') == []
 
 
@@ -21,7 +21,7 @@ def test_mmcv_built_without_cuda_ops_is_named(monkeypatch):
     """The message a GPU user sees when mmcv's CUDA ops are missing names the cause."""
     import mmcv.ops
 
-    from quadmamba_mm.utils.env_check import check_mmcv_ops
+    from quadmamba_mm.runtime.env_check import check_mmcv_ops
 
     def missing(*args, **kwargs):
         raise RuntimeError('nms_impl: implementation for device cuda:0 not found.')

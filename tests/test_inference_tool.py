@@ -15,8 +15,8 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-from quadmamba_mm.utils.images import UnreadableImage, list_images, read_image
-from quadmamba_mm.utils.toolbox import build_model
+from quadmamba_mm.runtime.images import UnreadableImage, list_images, read_image
+from quadmamba_mm.runtime.toolbox import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / 'configs' / 'demo'

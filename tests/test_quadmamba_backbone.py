@@ -5,7 +5,7 @@ import torch
 from quadmamba_mm.models import QuadMamba, SelectiveScan
 from quadmamba_mm.models.classifier import QuadMambaClassifier
 from quadmamba_mm.models.quadmamba import SHIFT_DIRECTIONS
-from quadmamba_mm.utils.complexity import count_params_and_flops
+from quadmamba_mm.analysis.complexity import count_params_and_flops
 
 from tiny import tiny_backbone as tiny
 

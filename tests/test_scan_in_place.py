@@ -7,7 +7,7 @@ from quadmamba_kernels import ScanOrders, selective_scan
 from quadmamba_mm.models import QuadMamba
 from quadmamba_mm.models.token_orders import (cross_scan_orders, cross_scan_orders_of,
                                               quadtree_orders, quadtree_scan_orders)
-from quadmamba_mm.utils.complexity import count_params_and_flops
+from quadmamba_mm.analysis.complexity import count_params_and_flops
 
 from test_selective_scan import make_inputs
 

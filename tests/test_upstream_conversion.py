@@ -10,8 +10,8 @@ from malicious import RunsCode
 from mmengine.config import Config
 
 from quadmamba_mm.models import QuadMamba
-from quadmamba_mm.utils.toolbox import build_model
-from quadmamba_mm.utils.upstream_checkpoint import (ConversionError, convert_upstream_state_dict,
+from quadmamba_mm.runtime.toolbox import build_model
+from quadmamba_mm.checkpoints.upstream import (ConversionError, convert_upstream_state_dict,
                                                     load_untrusted_checkpoint,
                                                     to_upstream_state_dict)
 
@@ -146,7 +146,7 @@ def test_other_settings_are_inferred_and_printed(tmp_path):
     state.update({'head.fc.weight': torch.zeros(4, 256), 'head.fc.bias': torch.zeros(4)})
     converted, kwargs = convert_upstream_state_dict(to_upstream_state_dict(state))
     assert kwargs == dict(arch=arch, d_state=2, dt_rank=3, mlp_ratio=2.0, quadtree_stages=(0, ))
-    from quadmamba_mm.utils.upstream_checkpoint import arch_name, backbone_config_text
+    from quadmamba_mm.checkpoints.upstream import arch_name, backbone_config_text
     assert arch_name(kwargs) is None
     assert backbone_config_text(kwargs) == (
         'backbone=dict(arch=dict(embed_dims=32, depths=(1, 1, 1, 1), ssm_ratio=1.0), '

@@ -9,7 +9,7 @@ inferencer runs the model (mmdet ``DetInferencer``, mmseg ``MMSegInferencer``, m
 (class indices) to ``OUT_DIR/preds/NAME.png``; classification results are printed.
 
 Each file is decoded once, completely, before the model sees it (see
-``quadmamba_mm.utils.images``): grayscale, palette, RGBA, CMYK and 16-bit images are
+``quadmamba_mm.runtime.images``): grayscale, palette, RGBA, CMYK and 16-bit images are
 converted to 8-bit BGR as the toolboxes' image loader does. A file that is not a usable image,
 or on which the model fails, gets one line saying why, and the run goes on with the next one.
 The exit status is 1 when any file failed, 0 otherwise.
@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 from mmengine.config import Config
 
-from quadmamba_mm.utils.images import list_images, run_per_image
-from quadmamba_mm.utils.launch import check_checkpoint
-from quadmamba_mm.utils.toolbox import toolbox_of
+from quadmamba_mm.runtime.images import list_images, run_per_image
+from quadmamba_mm.checkpoints.resume import check_checkpoint
+from quadmamba_mm.runtime.toolbox import toolbox_of
 
 # Drawings keep the input's file name when OpenCV writes colour images in that format.
 VIS_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')

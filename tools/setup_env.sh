@@ -33,7 +33,7 @@ fingerprint() {
 }
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(fingerprint)" ]]; then
-    if "$PY" -m quadmamba_mm.utils.env_check --quiet; then
+    if "$PY" -m quadmamba_mm.runtime.env_check --quiet; then
         exit 0
     fi
     log "environment check failed: repairing .venv"
@@ -107,6 +107,6 @@ if "$PY" -m pip show opencv-python >/dev/null 2>&1; then
     pip_install --force-reinstall --no-deps opencv-python-headless
 fi
 
-"$PY" -m quadmamba_mm.utils.env_check
+"$PY" -m quadmamba_mm.runtime.env_check
 fingerprint >"$STAMP"
 log "environment ready: $VENV"

@@ -14,9 +14,10 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, finish_distributed,
-                                       init_cpu_distributed, load_config)
-from quadmamba_mm.utils.toolbox import toolbox_of
+from quadmamba_mm.checkpoints.resume import check_checkpoint
+from quadmamba_mm.runtime.distributed import finish_distributed, init_cpu_distributed
+from quadmamba_mm.runtime.launch import add_common_args, load_config
+from quadmamba_mm.runtime.toolbox import toolbox_of
 
 
 def parse_args():

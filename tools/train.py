@@ -6,7 +6,7 @@
 The toolbox comes from the config's ``default_scope``; the arguments are the ones the three
 toolboxes' own train.py scripts take. ``--resume`` alone resumes from the latest checkpoint in
 the work dir; ``--resume CKPT`` from that file. Checkpoints and the ``last_checkpoint``
-pointer are written atomically (``quadmamba_mm.engine.atomic_checkpoint``), so a killed run
+pointer are written atomically (``quadmamba_mm.checkpoints.atomic``), so a killed run
 leaves no truncated file; a truncated one from elsewhere is skipped when resuming.
 Multi-process runs come from ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``;
 without GPUs the processes talk over gloo on the CPU, with GPUs over NCCL.
@@ -16,9 +16,10 @@ import argparse
 import torch
 from mmengine.runner import Runner
 
-from quadmamba_mm.utils.launch import (add_common_args, check_checkpoint, check_resume_matches,
-                                       finish_distributed, init_cpu_distributed,
-                                       latest_complete_checkpoint, load_config)
+from quadmamba_mm.checkpoints.resume import (check_checkpoint, check_resume_matches,
+                                             latest_complete_checkpoint)
+from quadmamba_mm.runtime.distributed import finish_distributed, init_cpu_distributed
+from quadmamba_mm.runtime.launch import add_common_args, load_config
 
 
 def parse_args():

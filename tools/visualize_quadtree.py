@@ -18,8 +18,8 @@ import cv2
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
-from quadmamba_mm.utils.images import list_images, run_per_image
-from quadmamba_mm.utils.toolbox import build_model
+from quadmamba_mm.runtime.images import list_images, run_per_image
+from quadmamba_mm.runtime.toolbox import build_model
 from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
                                         quadtree_partitions)
 

@@ -1,7 +1,7 @@
 """Training utilities registered for all three toolboxes."""
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
 
-from .atomic_checkpoint import (AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
+from ..checkpoints.atomic import (AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
                                 remove_stale_temporaries, use_atomic_checkpoint_hook)
 from .layer_decay import LayerDecayOptimWrapperConstructor
 

@@ -126,7 +126,7 @@ def build_model(spec: str, size: Size) -> Tuple[nn.Module, str]:
             return timm.create_model(name), ''
         model = timm.create_model(name, img_size=size)
         return model, f'timm img_size={size[0]}x{size[1]}' + timm_swin_note(model, size)
-    from quadmamba_mm.utils.toolbox import build_model as build_openmmlab
+    from quadmamba_mm.runtime.toolbox import build_model as build_openmmlab
     cfg = load_config(name)
     backbone = cfg.model.get('backbone', {})
     note = ''

@@ -10,8 +10,8 @@ import argparse
 import torch
 from mmengine.config import Config, DictAction
 
-from quadmamba_mm.utils.complexity import count_params_and_flops
-from quadmamba_mm.utils.toolbox import build_model, dummy_data_samples
+from quadmamba_mm.analysis.complexity import count_params_and_flops
+from quadmamba_mm.runtime.toolbox import build_model, dummy_data_samples
 
 
 class TensorMode(torch.nn.Module):

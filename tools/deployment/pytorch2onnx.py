@@ -39,8 +39,8 @@ from mmengine.runner import load_checkpoint
 
 import quadmamba_mm  # noqa: F401  (registers the models, safe checkpoint loading)
 from quadmamba_mm.models import SelectiveScan
-from quadmamba_mm.utils.launch import check_checkpoint
-from quadmamba_mm.utils.toolbox import build_model, toolbox_of
+from quadmamba_mm.checkpoints.resume import check_checkpoint
+from quadmamba_mm.runtime.toolbox import build_model, toolbox_of
 
 DEFAULT_SHAPE = {'mmpretrain': (224, 224), 'mmseg': (512, 512), 'mmdet': (800, 1344)}
 

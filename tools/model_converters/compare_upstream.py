@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from mmengine.config import Config
 
 from quadmamba_kernels import selective_scan_reference
-from quadmamba_mm.utils.toolbox import build_model
-from quadmamba_mm.utils.upstream_checkpoint import convert_upstream_state_dict
+from quadmamba_mm.runtime.toolbox import build_model
+from quadmamba_mm.checkpoints.upstream import convert_upstream_state_dict
 
 ARCHS = {'s': dict(dims=96, depths=[2, 2, 5, 2], ssm_ratio=2.0),
          'b': dict(dims=96, depths=[2, 2, 15, 2], ssm_ratio=2.0)}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from quadmamba_mm.utils.upstream_checkpoint import (ConversionError, arch_name,
+from quadmamba_mm.checkpoints.upstream import (ConversionError, arch_name,
                                                     backbone_config_text,
                                                     convert_upstream_state_dict,
                                                     load_untrusted_checkpoint, upstream_state_dict)

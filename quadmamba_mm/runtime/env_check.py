@@ -1,6 +1,6 @@
 """Check that the environment holds the pinned OpenMMLab stack with mmcv's compiled ops.
 
-Run ``python -m quadmamba_mm.utils.env_check``: it exits non-zero with one line per
+Run ``python -m quadmamba_mm.runtime.env_check``: it exits non-zero with one line per
 problem. The pins are read from this package's own metadata (``setup.cfg``), so they are
 written in one place only.
 """

@@ -1,0 +1,1 @@
+"""Model analysis: parameter and FLOP counts with the selective scan counted."""
