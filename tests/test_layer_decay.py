@@ -6,13 +6,15 @@ from mmengine.registry import DefaultScope
 
 from quadmamba_mm.models import QuadMamba
 
+from tiny import tiny_arch
+
 
 class Detector(torch.nn.Module):
     """Stands in for a toolbox model: a backbone plus a head outside it."""
 
     def __init__(self):
         super().__init__()
-        self.backbone = QuadMamba(arch=dict(embed_dims=8, depths=(1, 2, 1, 1), ssm_ratio=1.0))
+        self.backbone = QuadMamba(arch=tiny_arch(embed_dims=8, depths=(1, 2, 1, 1)))
         self.head = torch.nn.Linear(64, 2)
 
 

@@ -9,6 +9,8 @@ from mmengine.registry import DefaultScope
 
 from quadmamba_mm.models import QuadMamba
 
+from tiny import tiny_arch
+
 SCOPES = ['mmdet', 'mmseg', 'mmpretrain']
 
 
@@ -18,8 +20,8 @@ SCOPES = ['mmdet', 'mmseg', 'mmpretrain']
 def test_builds_the_same_class_from_every_scope(scope, type_name):
     registry = importlib.import_module(f'{scope}.registry').MODELS
     with DefaultScope.overwrite_default_scope(scope):
-        model = registry.build(dict(type=type_name, arch=dict(embed_dims=8, depths=(1, 1, 1, 1),
-                                                              ssm_ratio=1.0)))
+        model = registry.build(dict(type=type_name,
+                                    arch=tiny_arch(embed_dims=8, depths=(1, 1, 1, 1))))
     assert type(model) is QuadMamba
 
 

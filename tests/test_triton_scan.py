@@ -125,10 +125,10 @@ def test_backbone_with_the_triton_backend(training):
     """The whole backbone with orders read in place (every stage in eval; the cross-scan
     stages in training, where the quadtree's window choice needs the gathered sequences for
     its gradient) against the PyTorch path: outputs and every parameter's gradient."""
-    from quadmamba_mm.models import QuadMamba, SelectiveScan
+    from quadmamba_mm.models import SelectiveScan
+    from tiny import tiny_backbone
     torch.manual_seed(0)
-    model = QuadMamba(arch=dict(embed_dims=8, depths=(1, 1, 1, 1), ssm_ratio=1.0),
-                      drop_path_rate=0.).to(DEVICE).train(training)
+    model = tiny_backbone(embed_dims=8, depths=(1, 1, 1, 1)).to(DEVICE).train(training)
     x = torch.randn(1, 3, 36, 32, device=DEVICE)
 
     def outputs_and_grads(backend):

@@ -9,7 +9,10 @@
 MODEL is a config file or a toolbox config such as
 ``mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py``, or, without the OpenMMLab
 toolboxes (torch and mmengine only), ``quadmamba:ARCH`` (the backbone with a pooled linear
-1000-class head) or ``timm:NAME`` (a timm model). Models built for one input size are
+1000-class head) or ``timm:NAME`` (a timm model); ``compiled:MODEL`` is that model under
+``torch.compile(fullgraph=True)``, compiled in the warm-up rounds (``--warmup`` of at least
+1; ``--memory none`` keeps it out of the per-model memory processes). Models built for one
+input size are
 rebuilt for each size, and the output says what was done: timm Swin/ViT get ``img_size=``
 (timm's Swin pads stage maps to multiples of its window), a config's ``backbone.img_size``
 is set (mmpretrain's Swin pads maps to multiples of its window as well).

@@ -115,7 +115,11 @@ def timm_swin_note(model: nn.Module, size: Size) -> str:
 
 def build_model(spec: str, size: Size) -> Tuple[nn.Module, str]:
     """The model named by ``spec``, built for input ``size``, and a note on what was done for
-    that size (empty when nothing was)."""
+    that size (empty when nothing was). ``compiled:SPEC`` is SPEC under
+    ``torch.compile(fullgraph=True)`` (inductor), compiled during the warm-up rounds."""
+    if spec.startswith('compiled:'):
+        model, note = build_model(spec[len('compiled:'):], size)
+        return torch.compile(model, fullgraph=True), '; '.join(filter(None, [note, 'compiled']))
     kind, name = split_spec(spec)
     if kind == 'quadmamba':
         from quadmamba_mm.models.classifier import QuadMambaClassifier
