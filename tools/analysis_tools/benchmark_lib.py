@@ -39,7 +39,10 @@ class TensorMode(nn.Module):
 
 
 def split_spec(spec: str) -> Tuple[str, str]:
-    """``('quadmamba', ARCH)``, ``('timm', NAME)`` or ``('config', PATH)``."""
+    """``('quadmamba', ARCH)``, ``('timm', NAME)`` or ``('config', PATH)`` (of ``SPEC`` for
+    ``compiled:SPEC``)."""
+    if spec.startswith('compiled:'):
+        return split_spec(spec[len('compiled:'):])
     kind, _, name = spec.partition(':')
     if kind in ('quadmamba', 'timm') and '::' not in spec:
         if not name:
