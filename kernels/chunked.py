@@ -97,7 +97,7 @@ def softplus(z: Tensor) -> Tensor:
     return torch.maximum(out, z, out=out)
 
 
-def _discretize(delta: Tensor, delta_bias: Optional[Tensor],
+def discretize(delta: Tensor, delta_bias: Optional[Tensor],
                 delta_softplus: bool) -> Tuple[Tensor, Tensor]:
     """``(delta + bias, step)`` in fp32, the step being the softplus of the first if asked."""
     raw = delta.float()
@@ -143,7 +143,7 @@ def selective_scan_chunked(u: Tensor,
     u, A, B, C = (t.float() for t in (u, A, B, C))
     batch, channels, length = u.shape
     n_state = B.shape[2]
-    _, delta = _discretize(delta, delta_bias, delta_softplus)
+    _, delta = discretize(delta, delta_bias, delta_softplus)
     h, _ = _states(delta, u, A, B, _max_abs_dA(delta, A, delta_softplus))
     h = h.mul_(C[:, :, None])
     y = (h.squeeze(3) if n_state == 1 else h.sum(3)).view(batch, channels, length)
@@ -166,7 +166,7 @@ def selective_scan_chunked_backward(grad_y: Tensor, u: Tensor, delta: Tensor, A:
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], B.shape[2]
     dim = channels // groups
-    raw_delta, delta = _discretize(delta, delta_bias, delta_softplus)
+    raw_delta, delta = discretize(delta, delta_bias, delta_softplus)
     max_abs = _max_abs_dA(delta, A, delta_softplus)
     h, b = _states(delta, u, A, B, max_abs, keep_b=True)
 

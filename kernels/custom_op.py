@@ -19,7 +19,8 @@ from torch import Tensor
 from .backends import get_backend
 
 
-def _options(orders: Optional[Tensor], order_index: Optional[Tensor]) -> dict:
+def order_options(orders: Optional[Tensor], order_index: Optional[Tensor]) -> dict:
+    """The keyword arguments a backend gets for the map-order layout (none without it)."""
     return {} if orders is None else {'orders': orders, 'order_index': order_index}
 
 
@@ -31,7 +32,7 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     impl = get_backend(backend)
     with torch.no_grad():
         out = impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                      **_options(orders, order_index))
+                      **order_options(orders, order_index))
     y, saved = out if isinstance(out, tuple) else (out, None)
     y = y.float()
     if saved is None:
@@ -64,7 +65,7 @@ def selective_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tens
     impl = get_backend(backend)
     inputs = (u, delta, A, B, C, D, delta_bias)
     extra = (saved, ) if impl.saved_shape is not None else ()
-    grads = impl.backward(grad_y, *inputs, delta_softplus, *extra, **_options(orders, order_index))
+    grads = impl.backward(grad_y, *inputs, delta_softplus, *extra, **order_options(orders, order_index))
     return [_fresh(g, t) for g, t in zip(grads, inputs)]
 
 

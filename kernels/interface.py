@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .backends import resolve_backend
-from .custom_op import selective_scan_op
+from .custom_op import order_options, selective_scan_op
 from .map_order import ScanOrders
 
 
@@ -155,8 +155,8 @@ def _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias, orders=None, o
     as it is, under autograd, so exporters see standard ops; a backend with its own
     backward runs as the custom op."""
     if impl.traceable:
-        options = {} if orders is None else {'orders': orders, 'order_index': order_index}
-        return impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus, **options).float()
+        return impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                       **order_options(orders, order_index)).float()
     y, _ = selective_scan_op(u, delta, A, B, C, D, delta_bias, orders, order_index,
                              delta_softplus, impl.name)
     return y

@@ -89,16 +89,25 @@ class ScanOrders:
         return table if order_index is None else table[order_index]
 
     def to_scan_order(self, t: Tensor, order_index: Optional[Tensor] = None) -> Tensor:
-        """``(B, 1 or K, W, L)`` map-order values -> ``(B, K, W, L)`` in scan order:
-        ``out[b, k, :, i] = t[b, k, :, orders[b, k, i]]``."""
-        orders = self.select(order_index)
-        batch, _, width, length = t.shape
-        directions = orders.shape[1]
-        index = orders[:, :, None, :].expand(batch, directions, width, length)
-        return t.expand(batch, directions, width, length).gather(-1, index)
+        """``(B, 1 or K, W, L)`` map-order values -> ``(B, K, W, L)`` in scan order."""
+        return to_scan_order(t, self.select(order_index))
 
     def to_map_order(self, y: Tensor, order_index: Optional[Tensor] = None) -> Tensor:
-        """``(B, K, W, L)`` scan-order outputs -> ``(B, W, L)``: each value back at its map
-        position and the K directions summed (the adjoint of :meth:`to_scan_order`)."""
-        inverses = self.select(order_index, inverse=True)
-        return y.gather(-1, inverses[:, :, None, :].expand_as(y)).sum(1)
+        """``(B, K, W, L)`` scan-order outputs -> ``(B, W, L)``, the K directions summed."""
+        return to_map_order(y, self.select(order_index, inverse=True))
+
+
+def to_scan_order(t: Tensor, orders: Tensor) -> Tensor:
+    """``(B, 1 or K, W, L)`` map-order values and ``(1 or B, K, L)`` orders -> ``(B, K, W, L)``
+    in scan order: ``out[b, k, :, i] = t[b, k, :, orders[b, k, i]]``."""
+    batch, _, width, length = t.shape
+    directions = orders.shape[1]
+    index = orders[:, :, None, :].expand(batch, directions, width, length)
+    return t.expand(batch, directions, width, length).gather(-1, index)
+
+
+def to_map_order(y: Tensor, inverses: Tensor) -> Tensor:
+    """``(B, K, W, L)`` scan-order outputs and ``(1 or B, K, L)`` inverse orders ->
+    ``(B, W, L)``: each value back at its map position and the K directions summed (the
+    adjoint of :func:`to_scan_order`)."""
+    return y.gather(-1, inverses[:, :, None, :].expand_as(y)).sum(1)

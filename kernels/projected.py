@@ -46,11 +46,15 @@ def selective_scan_projected(x: Tensor,
     n_state = (x_proj_weight.shape[1] - dt_rank) // 2
     impl = resolve_backend(backend, x.device)
     if orders is not None and not impl.gathers_orders:
-        if not isinstance(orders, ScanOrders):
-            orders, order_index = as_scan_orders(orders, x.shape[0])
         if x.dim() != 3:
             raise ValueError('selective_scan_projected: with orders, x is the (batch, D, L) '
                              f'map, got shape {tuple(x.shape)}')
+        if not isinstance(orders, ScanOrders):
+            orders, order_index = as_scan_orders(orders, x.shape[0])
+        try:  # the check selective_scan makes on the in-place path
+            orders.check_index(order_index, x.shape[0])
+        except ValueError as error:
+            raise ValueError(f'selective_scan_projected: {error}') from None
         sequences = orders.to_scan_order(x[:, None], order_index)
         y = selective_scan_projected(sequences, x_proj_weight, dt_proj_weight, dt_bias, A, D,
                                      backend=impl.name)

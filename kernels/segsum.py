@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .chunked import softplus
+from .chunked import discretize
 
 BLOCK = 16
 
@@ -57,13 +57,10 @@ def selective_scan_segsum(u: Tensor,
                           delta_softplus: bool = False) -> Tensor:
     """Same signature and result as :func:`~.reference.selective_scan_reference` (fp32),
     differentiable by autograd."""
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    u, A, B, C = (t.float() for t in (u, A, B, C))
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], B.shape[2]
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = softplus(delta)
+    _, delta = discretize(delta, delta_bias, delta_softplus)
     shape = (batch, groups, channels // groups, n_state, length)
     dA = (delta.view(batch, groups, -1, 1, length) * A.view(1, groups, -1, n_state, 1))
     b = (delta * u).view(batch, groups, -1, 1, length) * B[:, :, None]

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from quadmamba_kernels import ScanOrders
+from quadmamba_kernels.map_order import to_map_order, to_scan_order
 
 Shift = Optional[Tuple[int, int]]
 
@@ -43,14 +44,6 @@ def _band_index(size: int, bounds: List[int]) -> Tensor:
     for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         index[lo:hi] = i
     return index
-
-
-def with_inverse(order: Tensor) -> Tuple[Tensor, Tensor]:
-    """``(order, inverse)`` for permutations along the last dimension."""
-    inverse = torch.empty_like(order)
-    positions = torch.arange(order.shape[-1]).expand_as(order)
-    inverse.scatter_(-1, order, positions)
-    return order, inverse
 
 
 # Index tensors per (builder, arguments, device). A plain dict, read by torch.compile as
@@ -100,19 +93,18 @@ def window_members(height: int, width: int, grid: int, device=None) -> Tuple[Ten
     return _cached(_window_members, height, width, grid, device=device)
 
 
-def _cross_scan_orders(height: int, width: int) -> Tuple[Tensor, Tensor]:
+def _cross_scan_orders(height: int, width: int) -> Tensor:
     raster = torch.arange(height * width)
     column_major = raster.view(height, width).t().flatten()
-    order = torch.stack([raster, column_major, raster.flip(0), column_major.flip(0)])
-    return with_inverse(order[None])
+    return torch.stack([raster, column_major, raster.flip(0), column_major.flip(0)])[None]
 
 
 def cross_scan_orders(height: int, width: int, device=None) -> Tuple[Tensor, Tensor]:
     """``(order, inverse)`` of shape ``(1, 4, H*W)``: the 4 VMamba cross-scan directions."""
-    return _cached(_cross_scan_orders, height, width, device=device)
+    return _cached(_cross_scan_tables, height, width, None, device=device)
 
 
-def _quadtree_orders(height: int, width: int, grid: int, split: int) -> Tuple[Tensor, Tensor]:
+def _quadtree_orders(height: int, width: int, grid: int, split: int) -> Tensor:
     rows_bounds, cols_bounds = split_bounds(0, height, grid), split_bounds(0, width, grid)
     coarse = _coarse_window_ids(height, width, grid).view(height, width)
     row = torch.arange(height)[:, None].expand(height, width)
@@ -129,7 +121,7 @@ def _quadtree_orders(height: int, width: int, grid: int, split: int) -> Tuple[Te
         key = ((coarse * split * split + fine) * height + row) * width + col
         forward = key.flatten().argsort()
         orders.append(torch.stack([forward, forward.flip(0)]))
-    return with_inverse(torch.stack(orders))
+    return torch.stack(orders)
 
 
 def quadtree_orders(height: int, width: int, grid: int = 2, split: int = 2,
@@ -141,11 +133,15 @@ def quadtree_orders(height: int, width: int, grid: int = 2, split: int = 2,
         grid: coarse windows per side (2: quadrants of ``H/2 x W/2``).
         split: fine windows per side inside the chosen coarse window (2: ``H/4 x W/4``).
     """
+    check_quadtree_size(height, width, grid, split)
+    return _cached(_quadtree_scan_tables, height, width, grid, split, None, device=device)
+
+
+def check_quadtree_size(height: int, width: int, grid: int, split: int) -> None:
     if height < grid * split or width < grid * split:
         raise ValueError(f'a {height}x{width} map is too small for a quadtree of {grid}x{grid} '
                          f'coarse windows split {split}x{split}: each side needs at least '
                          f'{grid * split} tokens')
-    return _cached(_quadtree_orders, height, width, grid, split, device=device)
 
 
 def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
@@ -159,14 +155,12 @@ def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
 
 def gather_sequences(x: Tensor, order: Tensor) -> Tensor:
     """``(B, D, L)`` map and ``(1 or B, K, L)`` orders -> ``(B, K, D, L)`` sequences."""
-    batch, dim, length = x.shape
-    index = order[:, :, None, :].expand(batch, order.shape[1], dim, length)
-    return x[:, None].expand(batch, order.shape[1], dim, length).gather(-1, index)
+    return to_scan_order(x[:, None], order)
 
 
 def merge_sequences(y: Tensor, inverse: Tensor) -> Tensor:
     """``(B, K, D, L)`` scan outputs back to map order, summed over K -> ``(B, D, L)``."""
-    return y.gather(-1, inverse[:, :, None, :].expand_as(y)).sum(1)
+    return to_map_order(y, inverse)
 
 
 def shifted(orders: Tensor, height: int, width: int, shift: Shift) -> Tensor:
@@ -207,13 +201,12 @@ def _checked(orders: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _cross_scan_tables(height: int, width: int, shift: Shift) -> Tuple[Tensor, Tensor]:
-    return _checked(shifted(_cross_scan_orders(height, width)[0], height, width, shift))
+    return _checked(shifted(_cross_scan_orders(height, width), height, width, shift))
 
 
 def _quadtree_scan_tables(height: int, width: int, grid: int, split: int,
                           shift: Shift) -> Tuple[Tensor, Tensor]:
-    return _checked(shifted(_quadtree_orders(height, width, grid, split)[0], height, width,
-                            shift))
+    return _checked(shifted(_quadtree_orders(height, width, grid, split), height, width, shift))
 
 
 def cross_scan_orders_of(height: int, width: int, shift: Shift = None,
@@ -230,7 +223,7 @@ def quadtree_scan_orders(height: int, width: int, grid: int, split: int, shift: 
                          device=None) -> ScanOrders:
     """The ``g*g`` candidate quadtree orders of an ``H x W`` map rolled by ``shift`` (one
     candidate set per choice of the refined window), checked once and cached."""
-    quadtree_orders(height, width, grid, split)  # checks the size
+    check_quadtree_size(height, width, grid, split)
     shift = None if shift is None else tuple(shift)
     return ScanOrders.from_checked(
         *_cached(_quadtree_scan_tables, height, width, grid, split, shift, device=device))
