@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import cpu_scan
 from .chunked import selective_scan_chunked, selective_scan_chunked_backward
 from .reference import selective_scan_reference
 from .segsum import selective_scan_segsum
@@ -102,6 +103,12 @@ register_backend(
 register_backend(
     ScanBackend('chunked', selective_scan_chunked, supports=lambda device: True, priority=10,
                 backward=selective_scan_chunked_backward))
+register_backend(
+    ScanBackend('cpu', cpu_scan.selective_scan_cpu,
+                # Built on first use; without a C compiler 'auto' falls back to 'chunked'.
+                supports=lambda device: device.type == 'cpu' and cpu_scan.available(),
+                priority=15, backward=cpu_scan.selective_scan_cpu_backward, gathers_orders=True,
+                saved_shape=cpu_scan.saved_states_shape))
 try:
     from . import triton_scan
 except ImportError:  # no triton package: the PyTorch backends remain

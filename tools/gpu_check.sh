@@ -26,7 +26,7 @@ FETCH_EXTRA=(tomli)
 WHEEL_PYTHONS=(3.10 3.11 3.12)
 # The tests that exercise the GPU (the Triton kernels compiled, the backbone on a device);
 # they import torch, triton and mmengine only (no mmcv, mmdet, mmseg, mmpretrain).
-TESTS=(tests/test_triton_scan.py tests/test_selective_scan.py tests/test_scan_in_place.py)
+TESTS=(tests/test_fused_scan.py tests/test_selective_scan.py tests/test_scan_in_place.py)
 # The dry run takes a few fast tests of each (the Triton interpreter is slow).
 DRY_TESTS_K="without_D or cross_scan_orders_in_place or (matches_reference_fp32 and chunked) or training_after_an_inference_mode_forward"
 

@@ -1,6 +1,7 @@
-"""The Triton scan kernels against the reference, on the CPU through Triton's interpreter
-(``TRITON_INTERPRET=1``, set in conftest.py) or on a GPU. Shapes stay tiny (about 10^4
-scanned elements in all) because the interpreter runs a scan step by step in Python."""
+"""The fused scan kernels that read orders in place, against the reference: the Triton
+kernels (on a GPU, or on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1`` set in
+conftest.py) and the C kernel for CPUs. Shapes stay tiny (about 10^4 scanned elements in
+all) because the interpreter runs a scan step by step in Python."""
 import pytest
 import torch
 
@@ -8,12 +9,22 @@ from quadmamba_kernels import ScanOrders, available_backends, resolve_backend, s
 
 from test_selective_scan import assert_close_rel, make_inputs
 
-# Compiled on a GPU when there is one, else through the interpreter. Gated on the device the
-# tests use: on CUDA nothing is skipped (a missing backend fails below).
+# Triton compiled on a GPU when there is one, else through the interpreter. Gated on the
+# device the tests use: on CUDA nothing is skipped (a missing backend fails below).
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-pytestmark = pytest.mark.skipif(
-    DEVICE == 'cpu' and 'triton' not in available_backends('cpu'),
-    reason='triton is not installed (on the CPU these tests need its interpreter)')
+FUSED = [
+    pytest.param(('triton', DEVICE), id='triton', marks=pytest.mark.skipif(
+        DEVICE == 'cpu' and 'triton' not in available_backends('cpu'),
+        reason='triton is not installed (on the CPU these tests need its interpreter)')),
+    pytest.param(('cpu', 'cpu'), id='cpu', marks=pytest.mark.skipif(
+        'cpu' not in available_backends('cpu'), reason='the C kernel could not be built')),
+]
+
+
+@pytest.fixture(params=FUSED)
+def fused(request):
+    """``(backend, device)`` of each fused kernel."""
+    return request.param
 
 
 def test_triton_is_the_cuda_backend():
@@ -27,11 +38,15 @@ TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-5, 1e-2)}
 
 
 @pytest.fixture
-def small_blocks(monkeypatch):
-    """Chunks of 16 steps and blocks of 2 channels: every shape crosses chunk and block
-    boundaries (carries, masked tails, partial channel blocks)."""
-    from quadmamba_kernels import triton_scan
-    monkeypatch.setattr(triton_scan, 'launch_blocks', lambda length, dim: (2, 16))
+def small_blocks(monkeypatch, fused):
+    """Triton: chunks of 16 steps and blocks of 2 channels, so that every shape crosses chunk
+    and block boundaries (carries, masked tails, partial channel blocks). The C kernel's
+    chunks (64 steps) and tiles (16 channels) are fixed: the shapes below that cross them
+    are marked."""
+    if fused[0] == 'triton':
+        from quadmamba_kernels import triton_scan
+        monkeypatch.setattr(triton_scan, 'launch_blocks', lambda length, dim: (2, 16))
+    return fused
 
 
 def random_orders(batch, k, length, seed=0):
@@ -40,8 +55,8 @@ def random_orders(batch, k, length, seed=0):
         batch, k, length)
 
 
-def scan_and_grads(inputs, backend, **kwargs):
-    leaves = {k: v.detach().to(DEVICE).requires_grad_(v.is_floating_point())
+def scan_and_grads(inputs, backend, device=DEVICE, **kwargs):
+    leaves = {k: v.detach().to(device).requires_grad_(v.is_floating_point())
               if isinstance(v, torch.Tensor) else v for k, v in inputs.items() if v is not None}
     y = selective_scan(**leaves, delta_softplus=True, backend=backend, output_fp32=True,
                        **kwargs)
@@ -50,9 +65,10 @@ def scan_and_grads(inputs, backend, **kwargs):
     return y, dict(zip(wanted, torch.autograd.grad(y, list(wanted.values()), grad_out)))
 
 
-def assert_matches(inputs, dtype, **kwargs):
-    y_ref, g_ref = scan_and_grads(inputs, 'reference', **kwargs)
-    y, g = scan_and_grads(inputs, 'triton', **kwargs)
+def assert_matches(inputs, dtype, fused, **kwargs):
+    backend, device = fused
+    y_ref, g_ref = scan_and_grads(inputs, 'reference', device, **kwargs)
+    y, g = scan_and_grads(inputs, backend, device, **kwargs)
     y_tol, g_tol = TOLERANCE[dtype]
     assert_close_rel(y, y_ref, y_tol, 'y')
     for name in g_ref:
@@ -66,13 +82,13 @@ def test_chunked_kernel_matches_reference(small_blocks, dtype, n_state, length):
     """Odd lengths (masked tails), N=1 and N=3 (a masked state column), 3 channels in
     blocks of 2, and carries over 3 chunks."""
     assert_matches(make_inputs(batch=2, k=2, dim=3, n_state=n_state, length=length,
-                               dtype=dtype), dtype)
+                               dtype=dtype), dtype, small_blocks)
 
 
 def test_without_D_and_delta_bias(small_blocks):
     inputs = make_inputs(batch=1, k=2, dim=3, n_state=2, length=21)
     inputs.update(D=None, delta_bias=None)
-    assert_matches(inputs, torch.float32)
+    assert_matches(inputs, torch.float32, small_blocks)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -84,7 +100,7 @@ def test_orders_read_in_place_match_the_unfused_path(small_blocks, dtype, shared
     inputs = make_inputs(batch=batch, k=k, dim=dim, n_state=2, length=length, dtype=dtype)
     inputs['u'] = inputs['u'][:, :dim]  # the map: one copy for all directions
     inputs['orders'] = random_orders(1 if shared else batch, k, length)
-    assert_matches(inputs, dtype)
+    assert_matches(inputs, dtype, small_blocks)
 
 
 def test_cross_scan_orders_in_place(small_blocks):
@@ -93,7 +109,7 @@ def test_cross_scan_orders_in_place(small_blocks):
     orders, _ = cross_scan_orders(5, 7)
     inputs = make_inputs(batch=1, k=4, dim=2, n_state=1, length=35)
     inputs.update(u=inputs['u'][:, :2], orders=orders)
-    assert_matches(inputs, torch.float32)
+    assert_matches(inputs, torch.float32, small_blocks)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -105,31 +121,49 @@ def test_candidate_orders_picked_per_sample(small_blocks, dtype):
     inputs['u'] = inputs['u'][:, :dim]
     candidates = random_orders(4, k, length, seed=3)
     index = torch.tensor([2, 0, 2])
-    inputs.update(orders=ScanOrders(candidates.to(DEVICE)), order_index=index.to(DEVICE))
-    y, grads = scan_and_grads(inputs, 'triton')
+    backend, device = small_blocks
+    inputs.update(orders=ScanOrders(candidates.to(device)), order_index=index.to(device))
+    y, grads = scan_and_grads(inputs, backend, device)
     inputs.update(orders=candidates[index], order_index=None)
-    y_ref, grads_ref = scan_and_grads(inputs, 'reference')
+    y_ref, grads_ref = scan_and_grads(inputs, 'reference', device)
     y_tol, g_tol = TOLERANCE[dtype]
     assert_close_rel(y, y_ref, y_tol, 'y')
     for name in grads_ref:
         assert_close_rel(grads[name], grads_ref[name], g_tol, f'grad {name}')
 
 
-def test_default_blocks_cover_a_long_sequence():
-    """The launch configuration of real shapes: a 600-step sequence is two 512-step chunks."""
-    assert_matches(make_inputs(batch=1, k=1, dim=2, n_state=1, length=600), torch.float32)
+def test_default_blocks_cover_a_long_sequence(fused):
+    """The launch configuration of real shapes: a 600-step sequence is two 512-step chunks
+    (Triton), ten 64-step chunks (C)."""
+    assert_matches(make_inputs(batch=1, k=1, dim=2, n_state=1, length=600), torch.float32,
+                   fused)
+
+
+@pytest.mark.parametrize('shared', [True, False])
+def test_c_kernel_tiles_and_chunks_in_place(shared):
+    """The C kernel across its own boundaries: 21 channels (a full tile of 16 and a partial
+    one), 150 steps (two chunks of 64 and a tail), orders read in place."""
+    if 'cpu' not in available_backends('cpu'):
+        pytest.skip('the C kernel could not be built')
+    batch, k, dim, length = 2, 2, 21, 150
+    inputs = make_inputs(batch=batch, k=k, dim=dim, n_state=2, length=length)
+    assert_matches(inputs, torch.float32, ('cpu', 'cpu'))
+    inputs['u'] = inputs['u'][:, :dim]
+    inputs['orders'] = random_orders(1 if shared else batch, k, length)
+    assert_matches(inputs, torch.float32, ('cpu', 'cpu'))
 
 
 @pytest.mark.parametrize('training', [False, True])
-def test_backbone_with_the_triton_backend(training):
+def test_backbone_with_the_fused_backends(fused, training):
     """The whole backbone with orders read in place (every stage in eval; the cross-scan
     stages in training, where the quadtree's window choice needs the gathered sequences for
     its gradient) against the PyTorch path: outputs and every parameter's gradient."""
     from quadmamba_mm.models import SelectiveScan
     from tiny import tiny_backbone
     torch.manual_seed(0)
-    model = tiny_backbone(embed_dims=8, depths=(1, 1, 1, 1)).to(DEVICE).train(training)
-    x = torch.randn(1, 3, 36, 32, device=DEVICE)
+    backend, device = fused
+    model = tiny_backbone(embed_dims=8, depths=(1, 1, 1, 1)).to(device).train(training)
+    x = torch.randn(1, 3, 36, 32, device=device)
 
     def outputs_and_grads(backend):
         for module in model.modules():
@@ -138,12 +172,12 @@ def test_backbone_with_the_triton_backend(training):
         model.zero_grad()
         torch.manual_seed(1)  # the same Gumbel noise for both backends
         out = model(x)
-        sum((o * torch.linspace(-1, 1, o.numel(), device=DEVICE).view_as(o)).sum()
+        sum((o * torch.linspace(-1, 1, o.numel(), device=device).view_as(o)).sum()
             for o in out).backward()
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     out_ref, grads_ref = outputs_and_grads('chunked')
-    out, grads = outputs_and_grads('triton')
+    out, grads = outputs_and_grads(backend)
     for o, o_ref in zip(out, out_ref):
         assert_close_rel(o, o_ref, 1e-5, 'output')
     assert grads.keys() == grads_ref.keys()

@@ -1,0 +1,241 @@
+"""The fused CPU scan: ``csrc/cpu_scan.c``, built on first use with the system C compiler.
+
+The kernel does in one pass over each sequence what the chunked PyTorch path does in some
+fifteen passes over ``K*D*L`` elements (softplus, discretisation, recurrence, output, and
+the same again backwards), and reads the scan orders in place like the Triton kernels:
+no gathered copies of the map, no scattered outputs. It is plain C: vector loops over
+channels that the compiler vectorises for the ISA that PyTorch itself dispatches to on
+this CPU (``torch.backends.cpu.get_cpu_capability()``), with its own exp and log, so the
+speed does not hang on any vendor's vector math library.
+
+The library is compiled once per source, ISA and compiler into the cache folder
+(``$QUADMAMBA_KERNELS_CACHE``, else ``~/.cache/quadmamba_kernels``) and loaded with
+ctypes: no PyTorch headers, a build of about a second. Processes that build at the same
+time (one per GPU rank, say) each write their own file and rename it into place. Without
+a working compiler the backend reports itself unavailable, says why once, and ``'auto'``
+falls back to the chunked PyTorch path.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name('csrc') / 'cpu_scan.c'
+TILE_CHANNELS = 16  # V in cpu_scan.c
+CHUNK = 64  # T in cpu_scan.c
+
+# Vector flags per PyTorch CPU capability: the ISA ATen's own kernels use on this machine.
+ISA_FLAGS = {
+    'AVX512': ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma',
+               '-mprefer-vector-width=512'],
+    'AVX2': ['-mavx2', '-mfma'],
+}
+BASE_FLAGS = ['-O3', '-shared', '-fPIC', '-fno-trapping-math', '-std=gnu99']
+
+
+class _Problem(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        'u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'orders', 'order_index')] + [
+            (name, ctypes.c_int64) for name in ('batch', 'groups', 'dim', 'n_state', 'length')
+        ] + [('softplus', ctypes.c_int32), ('n_threads', ctypes.c_int32)]
+
+
+class _Grads(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        'du', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias')]
+
+
+def _capability() -> str:
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return 'DEFAULT'
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get('QUADMAMBA_KERNELS_CACHE') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'quadmamba_kernels')
+    return Path(base)
+
+
+def _compile(compiler: str, flags: list, target: Path) -> Optional[str]:
+    """Build into ``target`` (atomically); the compiler's complaint if it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *flags, str(SOURCE), '-o', tmp], capture_output=True,
+                              text=True, timeout=300)
+        if done.returncode != 0:
+            return (done.stderr or done.stdout).strip()[-2000:] or f'exit status {done.returncode}'
+        os.replace(tmp, target)
+        return None
+    except (OSError, subprocess.SubprocessError) as error:
+        return str(error)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class _Library:
+    """The compiled kernel, built and loaded on first use; ``None`` where that failed."""
+
+    def __init__(self) -> None:
+        self.handle: Optional[ctypes.CDLL] = None
+        self.error: Optional[str] = None
+        self.tried = False
+
+    def load(self) -> Optional[ctypes.CDLL]:
+        if self.tried:
+            return self.handle
+        self.tried = True
+        if os.name != 'posix':
+            self.error = 'the fused CPU scan is built for POSIX systems only'
+            return None
+        compiler = os.environ.get('CC', 'cc')
+        flags = BASE_FLAGS + ISA_FLAGS.get(_capability(), [])
+        errors = []
+        # OpenMP for threads where the compiler has it; else one thread per call.
+        for extra in (['-fopenmp'], []):
+            key = hashlib.sha256('\0'.join([SOURCE.read_text(), compiler, *flags, *extra,
+                                            _compiler_version(compiler)]).encode()).hexdigest()
+            target = _cache_dir() / f'cpu_scan_{_capability().lower()}_{key[:16]}.so'
+            error = None if target.exists() else _compile(compiler, flags + extra, target)
+            if error is None:
+                try:
+                    self.handle = self._bind(ctypes.CDLL(str(target)))
+                    self.threaded = bool(extra)
+                    return self.handle
+                except OSError as load_error:
+                    error = str(load_error)
+            errors.append(f'{compiler} {" ".join(flags + extra)}: {error}')
+        self.error = 'could not build the fused CPU scan (csrc/cpu_scan.c): ' + '; '.join(errors)
+        warnings.warn(f'{self.error}. The chunked PyTorch scan is used instead (slower). Set '
+                      'CC to a working C compiler to build it.')
+        return None
+
+    @staticmethod
+    def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+        lib.qm_scan_forward.argtypes = [ctypes.POINTER(_Problem), ctypes.c_void_p,
+                                        ctypes.c_void_p]
+        lib.qm_scan_backward.argtypes = [ctypes.POINTER(_Problem), ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.POINTER(_Grads)]
+        lib.qm_scan_forward.restype = lib.qm_scan_backward.restype = ctypes.c_int
+        return lib
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        return subprocess.run([compiler, '--version'], capture_output=True, text=True,
+                              timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ''
+
+
+LIBRARY = _Library()
+
+
+def available() -> bool:
+    """Whether the fused kernel is built (building it if not tried yet)."""
+    return LIBRARY.load() is not None
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _fp32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach().float().contiguous()
+
+
+def _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_index):
+    """The kernel's argument block, and the fp32 contiguous tensors it points into (they
+    must outlive the call)."""
+    if delta.device.type != 'cpu':
+        raise ValueError(f'the cpu scan backend runs on CPU tensors, got {delta.device}')
+    if LIBRARY.load() is None:
+        raise RuntimeError(LIBRARY.error)
+    u, delta, A, B, C, D, delta_bias = map(_fp32, (u, delta, A, B, C, D, delta_bias))
+    if orders is not None:
+        orders = orders.to(torch.int32).contiguous()
+        order_index = None if order_index is None else order_index.to(torch.int32).contiguous()
+    keep = (u, delta, A, B, C, D, delta_bias, orders, order_index)
+    batch, channels, length = delta.shape
+    groups, n_state = B.shape[1], B.shape[2]
+    problem = _Problem(*map(_ptr, keep), batch, groups, channels // groups, n_state, length,
+                       int(delta_softplus),
+                       torch.get_num_threads() if LIBRARY.threaded else 1)
+    return problem, keep
+
+
+def saved_states_shape(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> Tuple[int, ...]:
+    """Shape of the chunk-end states :func:`selective_scan_cpu` returns."""
+    batch, channels, length = delta.shape
+    return batch, channels, -(-length // CHUNK), A.shape[1]
+
+
+def selective_scan_cpu(u: Tensor,
+                       delta: Tensor,
+                       A: Tensor,
+                       B: Tensor,
+                       C: Tensor,
+                       D: Optional[Tensor] = None,
+                       delta_bias: Optional[Tensor] = None,
+                       delta_softplus: bool = False,
+                       orders: Optional[Tensor] = None,
+                       order_index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The scan of :func:`~quadmamba_kernels.reference.selective_scan_reference` (without
+    orders) or of the map-order layout of :func:`~quadmamba_kernels.selective_scan`.
+
+    Returns:
+        ``y`` in fp32 (``(B, K*D, L)``, or the ``(B, D, L)`` map with ``orders``) and the
+        fp32 states at the chunk ends, for the backward pass.
+    """
+    problem, keep = _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
+                             order_index)
+    y = torch.empty(keep[0].shape)
+    states = torch.empty(saved_states_shape(u, delta, A, B))
+    if LIBRARY.handle.qm_scan_forward(ctypes.byref(problem), y.data_ptr(), states.data_ptr()):
+        raise MemoryError('the cpu scan could not allocate its work buffers')
+    return y, states
+
+
+def selective_scan_cpu_backward(grad_y: Tensor,
+                                u: Tensor,
+                                delta: Tensor,
+                                A: Tensor,
+                                B: Tensor,
+                                C: Tensor,
+                                D: Optional[Tensor],
+                                delta_bias: Optional[Tensor],
+                                delta_softplus: bool,
+                                states: Tensor,
+                                orders: Optional[Tensor] = None,
+                                order_index: Optional[Tensor] = None
+                                ) -> Tuple[Optional[Tensor], ...]:
+    """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` (fp32; None for absent inputs)
+    from the chunk-end ``states`` of :func:`selective_scan_cpu`."""
+    problem, keep = _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
+                             order_index)
+    grad_y, states = _fp32(grad_y), _fp32(states)
+    batch, channels, length = delta.shape
+    groups, n_state = B.shape[1], B.shape[2]
+    tiles = -(-(channels // groups) // TILE_CHANNELS)
+    du, ddelta = torch.empty(keep[0].shape), torch.empty(delta.shape)
+    dB = torch.empty(batch, groups, tiles, n_state, length)
+    dC = torch.empty_like(dB)
+    dA = torch.empty(batch, channels, n_state)
+    dD, dbias = torch.empty(batch, channels), torch.empty(batch, channels)
+    grads = _Grads(*map(_ptr, (du, ddelta, dA, dB, dC, dD, dbias)))
+    if LIBRARY.handle.qm_scan_backward(ctypes.byref(problem), grad_y.data_ptr(),
+                                       states.data_ptr(), ctypes.byref(grads)):
+        raise MemoryError('the cpu scan could not allocate its work buffers')
+    return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
+            None if delta_bias is None else dbias.sum(0))

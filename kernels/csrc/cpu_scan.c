@@ -1,0 +1,422 @@
+/* Selective scan on CPUs: fused forward and backward, optionally reading scan orders.
+ *
+ * The same problem, layout and saved states as the Triton kernels (triton_scan.py):
+ *   h_t = exp(delta_t * A) h_{t-1} + delta_t B_t u_t,   y_t = <C_t, h_t> + D u_t,
+ * delta = softplus(delta_raw + delta_bias) if asked. u, delta, y: (batch, channels, L)
+ * rows; B, C: (batch, K, N, L); A: (K*D, N). With orders, u, y and grad_y are the
+ * (batch, D, L) map, step i of direction k reads map position orders[g, k, i] and the K
+ * directions' outputs are summed at their map positions.
+ *
+ * One work item owns one sample and a tile of V channels of one direction group and walks
+ * the K directions and, inside each, the sequence in chunks of T steps. A chunk's inputs
+ * are loaded transposed, (step, channel), so that every elementwise step and the
+ * recurrence itself run as V-lane vector loops over channels: plain C that compilers
+ * vectorise for SSE, AVX2, AVX-512 or NEON alike. exp and log are written out below
+ * (polynomials, about 1 ulp), not taken from libm, so that nothing depends on a vector
+ * math library. The state is fp32 throughout.
+ *
+ * The forward pass keeps the state at each chunk end, (batch, K*D, chunks, N). The
+ * backward pass walks the chunks in reverse, recomputes each chunk's states from the one
+ * saved before it and runs dh_t = a_{t+1} dh_{t+1} + C_t dy_t. Gradients of A, D and
+ * delta_bias are written per sample, those of the group-shared B and C per channel tile;
+ * the caller sums them: no atomics, results independent of the thread count.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define V 16 /* channels per tile: one AVX-512 vector, two AVX2 ones */
+#define T 64 /* scan steps per chunk */
+
+typedef struct {
+    const float *u, *delta, *A, *B, *C;
+    const float *D, *delta_bias;           /* NULL when absent */
+    const int32_t *orders, *order_index;   /* (G, K, L), (batch,); NULL: scan order */
+    int64_t batch, groups, dim, n_state, length;
+    int32_t softplus, n_threads;
+} ScanProblem;
+
+typedef struct {
+    float *du, *ddelta;        /* like u, like delta */
+    float *dA;                 /* (batch, K*D, N) */
+    float *dB, *dC;            /* (batch, K, tiles, N, L) */
+    float *dD, *ddelta_bias;   /* (batch, K*D) */
+} ScanGrads;
+
+static inline float bits_to_float(int32_t bits) {
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+static inline int32_t float_to_bits(float x) {
+    int32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return bits;
+}
+
+/* exp(x) = 2^n exp(r), |r| <= ln2/2; Cephes' expf polynomial. 2^n is applied in two
+ * halves so that results down to the subnormals are right; NaN propagates. */
+static inline float exp_f32(float x) {
+    float xc = x > 88.72f ? 88.72f : x;
+    xc = xc < -104.f ? -104.f : xc;
+    float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f; /* round to nearest */
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    int32_t e = (int32_t)n;
+    int32_t half = e >> 1;
+    p = p * bits_to_float((half + 127) << 23) * bits_to_float((e - half + 127) << 23);
+    p = x < -104.f ? 0.f : p;
+    return x > 88.72f ? bits_to_float(0x7f800000) : p;
+}
+
+/* log(x) for finite x >= 1 (the softplus argument): x = 2^e m, m in [sqrt(1/2), sqrt(2));
+ * Cephes' logf polynomial. */
+static inline float log_f32(float x) {
+    int32_t bits = float_to_bits(x);
+    int32_t e = ((bits >> 23) & 0xff) - 127;
+    float m = bits_to_float((bits & 0x7fffff) | 0x3f800000);
+    int32_t big = m > 1.41421356f;
+    m = big ? m * 0.5f : m;
+    float ef = (float)(e + big);
+    float f = m - 1.f;
+    float z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z;
+    y += ef * -2.12194440e-4f;
+    y += -0.5f * z;
+    return f + y + ef * 0.693359375f;
+}
+
+/* log(1 + e^z) to fp32 rounding, as the PyTorch path computes it (chunked.softplus):
+ * w = 1 + e^z is rounded, (e^z - (w - 1)) / w restores what the rounding lost. */
+static inline float softplus_f32(float z) {
+    float e = exp_f32(z > 20.f ? 20.f : z);
+    float w = 1.f + e;
+    float out = log_f32(w) + (e - (w - 1.f)) / w;
+    return out > z ? out : z; /* NaN in z falls through */
+}
+
+static inline float sigmoid_f32(float z) { return 1.f / (1.f + exp_f32(-z)); }
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static inline int64_t n_tiles(const ScanProblem *p) { return (p->dim + V - 1) / V; }
+
+static inline int64_t n_chunks(const ScanProblem *p) { return (p->length + T - 1) / T; }
+
+/* Where one work item (sample b, channel tile) reads and writes for direction k. */
+typedef struct {
+    int64_t b, k, c0, nc;   /* sample, direction, first channel in the group, channels */
+    int64_t row;            /* channel index of the tile's first channel in delta: k*D + c0 */
+    int64_t u_row;          /* row of the first channel in u, y, grad_y, du */
+    const int32_t *order;   /* the L positions of direction k, or NULL */
+} Tile;
+
+static Tile tile_at(const ScanProblem *p, int64_t item, int64_t k) {
+    Tile t;
+    int64_t tiles = n_tiles(p);
+    t.b = item / tiles;
+    t.c0 = (item % tiles) * V;
+    t.nc = min64(V, p->dim - t.c0);
+    t.k = k;
+    t.row = t.b * p->groups * p->dim + k * p->dim + t.c0;
+    t.u_row = p->orders ? t.b * p->dim + t.c0 : t.row;
+    t.order = NULL;
+    if (p->orders) {
+        int64_t g = p->order_index ? p->order_index[t.b] : 0;
+        t.order = p->orders + (g * p->groups + k) * p->length;
+    }
+    return t;
+}
+
+/* The positions of steps l0 .. l0+nt-1. */
+static void positions(const Tile *t, int64_t l0, int64_t nt, int64_t *pos) {
+    for (int64_t i = 0; i < nt; i++)
+        pos[i] = t->order ? t->order[l0 + i] : l0 + i;
+}
+
+/* rows[c*L + pos[i]] -> out[i][c]; lanes past nc are zero. The values of the next chunk
+ * (positions next, nn of them) are prefetched meanwhile: a tile reads 16 rows at once,
+ * a pattern that hardware prefetchers follow poorly. */
+static void load_tile(const float *rows, int64_t length, const int64_t *pos, int64_t nt,
+                      const int64_t *next, int64_t nn, int64_t nc, float out[][V]) {
+    for (int64_t i = 0; i < nt; i++) {
+        const float *at = rows + pos[i];
+#pragma omp simd
+        for (int c = 0; c < V; c++) out[i][c] = c < nc ? at[c * length] : 0.f;
+    }
+}
+
+static void store_tile(float *rows, int64_t length, const int64_t *pos, int64_t nt, int64_t nc,
+                       float in[][V], int accumulate) {
+    for (int64_t c = 0; c < nc; c++)
+        for (int64_t i = 0; i < nt; i++) {
+            float *at = rows + c * length + pos[i];
+            *at = accumulate ? *at + in[i][c] : in[i][c];
+        }
+}
+
+/* A chunk's inputs in (step, channel) layout: z = delta_raw + bias, the step size dt
+ * (softplus(z) or z), u and dt*u. */
+typedef struct {
+    int64_t pos[T], next[T];
+    float z[T][V], dt[T][V], u[T][V], dtu[T][V];
+} Chunk;
+
+static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, int reverse,
+                       Chunk *ch) {
+    /* The next chunk in walking direction: forwards, or backwards in the backward pass. */
+    int64_t next0 = reverse ? l0 - T : l0 + T;
+    int64_t nn = next0 < 0 ? 0 : min64(T, p->length - next0);
+    positions(t, l0, nt, ch->pos);
+    positions(t, next0, nn, ch->next);
+    load_tile(p->delta + t->row * p->length, p->length, ch->pos, nt, ch->next, nn, t->nc,
+              ch->z);
+    load_tile(p->u + t->u_row * p->length, p->length, ch->pos, nt, ch->next, nn, t->nc, ch->u);
+    float bias[V] = {0};
+    if (p->delta_bias)
+        for (int64_t c = 0; c < t->nc; c++)
+            bias[c] = p->delta_bias[t->row - t->b * p->groups * p->dim + c];
+    for (int64_t i = 0; i < nt; i++) {
+#pragma omp simd
+        for (int c = 0; c < V; c++) {
+            float z = ch->z[i][c] + bias[c];
+            float dt = p->softplus ? softplus_f32(z) : z;
+            ch->z[i][c] = z;
+            ch->dt[i][c] = dt;
+            ch->dtu[i][c] = dt * ch->u[i][c];
+        }
+    }
+}
+
+/* A (K*D, N) of the tile, as A_t[n][c]; lanes past nc are zero. */
+static void load_A(const ScanProblem *p, const Tile *t, float *A_t) {
+    int64_t N = p->n_state, channel = t->row - t->b * p->groups * p->dim;
+    memset(A_t, 0, sizeof(float) * N * V);
+    for (int64_t c = 0; c < t->nc; c++)
+        for (int64_t n = 0; n < N; n++)
+            A_t[n * V + c] = p->A[(channel + c) * N + n];
+}
+
+/* The chunk's recurrence from the states h[n][c]. Writes a_t and h_t per step into
+ * a_buf/h_buf ((nt, N, V)) when they are given, and y into y_out when given. */
+static void run_chunk(const ScanProblem *p, const Tile *t, const Chunk *ch, int64_t nt,
+                      const float *A_t, float *h, float *a_buf, float *h_buf, float y_out[][V]) {
+    int64_t N = p->n_state, L = p->length;
+    const float *B = p->B + (t->b * p->groups + t->k) * N * L;
+    const float *C = p->C + (t->b * p->groups + t->k) * N * L;
+    for (int64_t i = 0; i < nt; i++) {
+        float y[V] = {0};
+        for (int64_t n = 0; n < N; n++) {
+            float b_in = B[n * L + ch->pos[i]], c_out = C[n * L + ch->pos[i]];
+            float *hn = h + n * V;
+            const float *An = A_t + n * V;
+#pragma omp simd
+            for (int c = 0; c < V; c++) {
+                float a = exp_f32(ch->dt[i][c] * An[c]);
+                hn[c] = a * hn[c] + ch->dtu[i][c] * b_in;
+                y[c] += c_out * hn[c];
+                if (a_buf) a_buf[(i * N + n) * V + c] = a;
+            }
+            if (h_buf) memcpy(h_buf + (i * N + n) * V, hn, sizeof(float) * V);
+        }
+        if (y_out) memcpy(y_out[i], y, sizeof y);
+    }
+}
+
+static void save_states(const ScanProblem *p, const Tile *t, int64_t chunk, const float *h,
+                        float *states) {
+    int64_t N = p->n_state, chunks = n_chunks(p);
+    for (int64_t c = 0; c < t->nc; c++)
+        for (int64_t n = 0; n < N; n++)
+            states[((t->row + c) * chunks + chunk) * N + n] = h[n * V + c];
+}
+
+static void load_states(const ScanProblem *p, const Tile *t, int64_t chunk, const float *states,
+                        float *h) {
+    int64_t N = p->n_state, chunks = n_chunks(p);
+    memset(h, 0, sizeof(float) * N * V);
+    if (chunk < 0) return;
+    for (int64_t c = 0; c < t->nc; c++)
+        for (int64_t n = 0; n < N; n++)
+            h[n * V + c] = states[((t->row + c) * chunks + chunk) * N + n];
+}
+
+static int threads(const ScanProblem *p) { return p->n_threads > 0 ? p->n_threads : 1; }
+
+int qm_scan_forward(const ScanProblem *p, float *y, float *states) {
+    int64_t items = p->batch * n_tiles(p), N = p->n_state, L = p->length;
+    int failed = 0;
+#pragma omp parallel num_threads(threads(p))
+    {
+        Chunk *ch = malloc(sizeof(Chunk));
+        float *h = malloc(sizeof(float) * N * V), *A_t = malloc(sizeof(float) * N * V);
+        float(*y_chunk)[V] = malloc(sizeof(float) * T * V);
+        if (!ch || !h || !A_t || !y_chunk) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(dynamic)
+            for (int64_t item = 0; item < items; item++) {
+                for (int64_t k = 0; k < p->groups; k++) {
+                    Tile t = tile_at(p, item, k);
+                    load_A(p, &t, A_t);
+                    memset(h, 0, sizeof(float) * N * V);
+                    float D[V] = {0};
+                    if (p->D)
+                        for (int64_t c = 0; c < t.nc; c++)
+                            D[c] = p->D[t.row - t.b * p->groups * p->dim + c];
+                    for (int64_t chunk = 0; chunk * T < L; chunk++) {
+                        int64_t l0 = chunk * T, nt = min64(T, L - l0);
+                        load_chunk(p, &t, l0, nt, 0, ch);
+                        run_chunk(p, &t, ch, nt, A_t, h, NULL, NULL, y_chunk);
+                        for (int64_t i = 0; i < nt; i++) {
+#pragma omp simd
+                            for (int c = 0; c < V; c++) y_chunk[i][c] += D[c] * ch->u[i][c];
+                        }
+                        /* With orders the K directions add up at the map positions. */
+                        store_tile(y + t.u_row * L, L, ch->pos, nt, t.nc, y_chunk,
+                                   p->orders && k > 0);
+                        if (states) save_states(p, &t, chunk, h, states);
+                    }
+                }
+            }
+        }
+        free(ch);
+        free(h);
+        free(A_t);
+        free(y_chunk);
+    }
+    return failed ? -1 : 0;
+}
+
+int qm_scan_backward(const ScanProblem *p, const float *grad_y, const float *states,
+                     const ScanGrads *g) {
+    int64_t tiles = n_tiles(p), items = p->batch * tiles, N = p->n_state, L = p->length;
+    int failed = 0;
+#pragma omp parallel num_threads(threads(p))
+    {
+        Chunk *ch = malloc(sizeof(Chunk));
+        float *h = malloc(sizeof(float) * N * V), *start = malloc(sizeof(float) * N * V);
+        float *A_t = malloc(sizeof(float) * N * V);
+        float *carry = malloc(sizeof(float) * N * V), *gA = malloc(sizeof(float) * N * V);
+        float *a_buf = malloc(sizeof(float) * T * N * V), *h_buf = malloc(sizeof(float) * T * N * V);
+        float *gB = malloc(sizeof(float) * N * T), *gC = malloc(sizeof(float) * N * T);
+        float(*gy)[V] = malloc(sizeof(float) * T * V), (*gu)[V] = malloc(sizeof(float) * T * V);
+        float(*gdt)[V] = malloc(sizeof(float) * T * V);
+        if (!ch || !h || !start || !A_t || !carry || !gA || !a_buf || !h_buf || !gB || !gC || !gy || !gu
+            || !gdt) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(dynamic)
+            for (int64_t item = 0; item < items; item++) {
+                for (int64_t k = 0; k < p->groups; k++) {
+                    Tile t = tile_at(p, item, k);
+                    int64_t channel = t.row - t.b * p->groups * p->dim;
+                    int64_t shared = ((t.b * p->groups + k) * tiles + t.c0 / V) * N * L;
+                    const float *B = p->B + (t.b * p->groups + k) * N * L;
+                    load_A(p, &t, A_t);
+                    memset(carry, 0, sizeof(float) * N * V);
+                    memset(gA, 0, sizeof(float) * N * V);
+                    float D[V] = {0}, gD[V] = {0}, gbias[V] = {0};
+                    if (p->D)
+                        for (int64_t c = 0; c < t.nc; c++) D[c] = p->D[channel + c];
+                    for (int64_t chunk = n_chunks(p) - 1; chunk >= 0; chunk--) {
+                        int64_t l0 = chunk * T, nt = min64(T, L - l0);
+                        load_chunk(p, &t, l0, nt, 1, ch);
+                        /* Recompute the chunk's states from the one saved before it;
+                         * run_chunk advances h in place, start keeps h_{l0-1}. */
+                        load_states(p, &t, chunk - 1, states, start);
+                        memcpy(h, start, sizeof(float) * N * V);
+                        run_chunk(p, &t, ch, nt, A_t, h, a_buf, h_buf, NULL);
+                        load_tile(grad_y + t.u_row * L, L, ch->pos, nt, ch->next, 0, t.nc, gy);
+                        memset(gu, 0, sizeof(float) * T * V);
+                        memset(gdt, 0, sizeof(float) * T * V);
+                        for (int64_t i = nt - 1; i >= 0; i--) {
+                            for (int64_t n = 0; n < N; n++) {
+                                float b_in = B[n * L + ch->pos[i]];
+                                float c_out = p->C[(t.b * p->groups + k) * N * L + n * L
+                                                   + ch->pos[i]];
+                                const float *prev = i ? h_buf + ((i - 1) * N + n) * V
+                                                      : start + n * V;
+                                const float *now = h_buf + (i * N + n) * V;
+                                const float *a = a_buf + (i * N + n) * V;
+                                float *cn = carry + n * V, *gAn = gA + n * V;
+                                const float *An = A_t + n * V;
+                                float sum_b = 0.f, sum_c = 0.f;
+#pragma omp simd reduction(+ : sum_b, sum_c)
+                                for (int c = 0; c < V; c++) {
+                                    float gh = gy[i][c] * c_out + cn[c];
+                                    float g_dA = gh * a[c] * prev[c]; /* dL/d(dt*A) */
+                                    gAn[c] += g_dA * ch->dt[i][c];
+                                    gdt[i][c] += g_dA * An[c] + gh * b_in * ch->u[i][c];
+                                    gu[i][c] += gh * b_in * ch->dt[i][c];
+                                    sum_b += gh * ch->dtu[i][c];
+                                    sum_c += gy[i][c] * now[c];
+                                    cn[c] = gh * a[c];
+                                }
+                                gB[n * T + i] = sum_b;
+                                gC[n * T + i] = sum_c;
+                            }
+                        }
+                        for (int64_t i = 0; i < nt; i++) {
+#pragma omp simd
+                            for (int c = 0; c < V; c++) {
+                                gu[i][c] += gy[i][c] * D[c];
+                                gD[c] += gy[i][c] * ch->u[i][c];
+                                float gz = p->softplus ? gdt[i][c] * sigmoid_f32(ch->z[i][c])
+                                                       : gdt[i][c];
+                                gdt[i][c] = gz;
+                                gbias[c] += gz;
+                            }
+                        }
+                        store_tile(g->du + t.u_row * L, L, ch->pos, nt, t.nc, gu,
+                                   p->orders && k > 0);
+                        store_tile(g->ddelta + t.row * L, L, ch->pos, nt, t.nc, gdt, 0);
+                        for (int64_t n = 0; n < N; n++)
+                            for (int64_t i = 0; i < nt; i++) {
+                                g->dB[shared + n * L + ch->pos[i]] = gB[n * T + i];
+                                g->dC[shared + n * L + ch->pos[i]] = gC[n * T + i];
+                            }
+                    }
+                    for (int64_t c = 0; c < t.nc; c++) {
+                        for (int64_t n = 0; n < N; n++)
+                            g->dA[(t.row + c) * N + n] = gA[n * V + c];
+                        g->dD[t.row + c] = gD[c];
+                        g->ddelta_bias[t.row + c] = gbias[c];
+                    }
+                }
+            }
+        }
+        free(ch);
+        free(h);
+        free(start);
+        free(A_t);
+        free(carry);
+        free(gA);
+        free(a_buf);
+        free(h_buf);
+        free(gB);
+        free(gC);
+        free(gy);
+        free(gu);
+        free(gdt);
+    }
+    return failed ? -1 : 0;
+}
