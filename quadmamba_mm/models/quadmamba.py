@@ -223,13 +223,23 @@ class QuadMambaBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def channels_last_conv(*args, **kwargs) -> nn.Conv2d:
+    """A conv for channel-last activations, its weight stored channels_last too: with a
+    contiguous (NCHW) weight, oneDNN and cuDNN copy the weight into the input's format on
+    every call (10 MB for the last downsample of QuadMamba-S). Loading a state dict, ``.to``
+    and in-place initialisation keep the format."""
+    conv = nn.Conv2d(*args, **kwargs)
+    conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    return conv
+
+
 class Downsample(nn.Module):
     """conv 3x3 stride 2 -> LayerNorm, channel-last in and out: ``(B, H, W, C_in)`` ->
     ``(B, ceil(H/2), ceil(W/2), C_out)``."""
 
     def __init__(self, in_dims: int, out_dims: int) -> None:
         super().__init__()
-        self.reduction = nn.Conv2d(in_dims, out_dims, 3, stride=2, padding=1)
+        self.reduction = channels_last_conv(in_dims, out_dims, 3, stride=2, padding=1)
         self.norm = nn.LayerNorm(out_dims)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -246,7 +256,7 @@ class PatchEmbed(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, dims // 2, 3, stride=2, padding=1)
         self.norm1 = nn.LayerNorm(dims // 2)
         self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(dims // 2, dims, 3, stride=2, padding=1)
+        self.conv2 = channels_last_conv(dims // 2, dims, 3, stride=2, padding=1)
         self.norm2 = nn.LayerNorm(dims)
 
     def forward(self, x: Tensor) -> Tensor:
