@@ -2,6 +2,8 @@
 kernels (on a GPU, or on the CPU through Triton's interpreter, ``TRITON_INTERPRET=1`` set in
 conftest.py) and the C kernel for CPUs. Shapes stay tiny (about 10^4 scanned elements in
 all) because the interpreter runs a scan step by step in Python."""
+import os
+
 import pytest
 import torch
 
@@ -188,3 +190,43 @@ def test_backbone_with_the_fused_backends(fused, training):
     for name, g in grads_ref.items():
         err = (grads[name] - g).abs().max() / g.abs().max().clamp_min(floor)
         assert err <= 1e-4, f'grad {name}: relative error {err:.2e}'
+
+
+def test_without_a_compiler_auto_falls_back_to_chunked(tmp_path):
+    """No C compiler: the C backend reports itself unavailable, says why once, and 'auto'
+    runs the chunked PyTorch scan."""
+    import subprocess
+    import sys
+    code = ('import warnings, torch\n'
+            'warnings.simplefilter("always")\n'
+            'from quadmamba_kernels import available_backends, resolve_backend\n'
+            'print("backends", available_backends("cpu"))\n'
+            'print("auto", resolve_backend("auto", "cpu").name)\n')
+    env = dict(os.environ, CC=str(tmp_path / 'no-such-compiler'),
+               QUADMAMBA_KERNELS_CACHE=str(tmp_path / 'cache'))
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert 'auto chunked' in done.stdout
+    assert "'cpu'" not in done.stdout.splitlines()[0]
+    assert done.stderr.count('could not build the fused CPU scan') == 1
+    assert 'no-such-compiler' in done.stderr
+
+
+def test_c_kernel_results_do_not_depend_on_the_thread_count():
+    """Per-sample and per-tile partial gradients, summed afterwards: bitwise the same with
+    one thread or two."""
+    if 'cpu' not in available_backends('cpu'):
+        pytest.skip('the C kernel could not be built')
+    inputs = make_inputs(batch=2, k=2, dim=20, n_state=1, length=70)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(scan_and_grads(inputs, 'cpu', 'cpu'))
+    finally:
+        torch.set_num_threads(before)
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2)
+    assert all(torch.equal(g1[name], g2[name]) for name in g1)
