@@ -235,6 +235,9 @@ def main():
     backends = args.backends or [b for b in available_backends(device)
                                  if not (device.type == 'cuda' and b in ('reference', 'segsum'))]
     bandwidth = None
+    if device.type == 'cpu':  # figures from different CPUs must never be mixed
+        print(f'CPU {device_name(device)} | ISA {torch.backends.cpu.get_cpu_capability()} | '
+              f'{torch.get_num_threads()} torch threads | torch {torch.__version__}')
     if device.type == 'cuda':
         bandwidth = copy_bandwidth(device, nbytes=1 << 24 if args.tiny else 1 << 30)
         print(f'{torch.cuda.get_device_name(device)}: device copy {bandwidth / 1e9:.0f} GB/s')

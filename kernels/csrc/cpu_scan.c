@@ -150,11 +150,10 @@ static void positions(const Tile *t, int64_t l0, int64_t nt, int64_t *pos) {
         pos[i] = t->order ? t->order[l0 + i] : l0 + i;
 }
 
-/* rows[c*L + pos[i]] -> out[i][c]; lanes past nc are zero. The values of the next chunk
- * (positions next, nn of them) are prefetched meanwhile: a tile reads 16 rows at once,
- * a pattern that hardware prefetchers follow poorly. */
+/* rows[c*L + pos[i]] -> out[i][c]; lanes past nc are zero. One step's channels are one
+ * (strided) vector load. */
 static void load_tile(const float *rows, int64_t length, const int64_t *pos, int64_t nt,
-                      const int64_t *next, int64_t nn, int64_t nc, float out[][V]) {
+                      int64_t nc, float out[][V]) {
     for (int64_t i = 0; i < nt; i++) {
         const float *at = rows + pos[i];
 #pragma omp simd
@@ -174,20 +173,14 @@ static void store_tile(float *rows, int64_t length, const int64_t *pos, int64_t 
 /* A chunk's inputs in (step, channel) layout: z = delta_raw + bias, the step size dt
  * (softplus(z) or z), u and dt*u. */
 typedef struct {
-    int64_t pos[T], next[T];
+    int64_t pos[T];
     float z[T][V], dt[T][V], u[T][V], dtu[T][V];
 } Chunk;
 
-static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, int reverse,
-                       Chunk *ch) {
-    /* The next chunk in walking direction: forwards, or backwards in the backward pass. */
-    int64_t next0 = reverse ? l0 - T : l0 + T;
-    int64_t nn = next0 < 0 ? 0 : min64(T, p->length - next0);
+static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, Chunk *ch) {
     positions(t, l0, nt, ch->pos);
-    positions(t, next0, nn, ch->next);
-    load_tile(p->delta + t->row * p->length, p->length, ch->pos, nt, ch->next, nn, t->nc,
-              ch->z);
-    load_tile(p->u + t->u_row * p->length, p->length, ch->pos, nt, ch->next, nn, t->nc, ch->u);
+    load_tile(p->delta + t->row * p->length, p->length, ch->pos, nt, t->nc, ch->z);
+    load_tile(p->u + t->u_row * p->length, p->length, ch->pos, nt, t->nc, ch->u);
     float bias[V] = {0};
     if (p->delta_bias)
         for (int64_t c = 0; c < t->nc; c++)
@@ -283,7 +276,7 @@ int qm_scan_forward(const ScanProblem *p, float *y, float *states) {
                             D[c] = p->D[t.row - t.b * p->groups * p->dim + c];
                     for (int64_t chunk = 0; chunk * T < L; chunk++) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
-                        load_chunk(p, &t, l0, nt, 0, ch);
+                        load_chunk(p, &t, l0, nt, ch);
                         run_chunk(p, &t, ch, nt, A_t, h, NULL, NULL, y_chunk);
                         for (int64_t i = 0; i < nt; i++) {
 #pragma omp simd
@@ -339,13 +332,13 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, const float *sta
                         for (int64_t c = 0; c < t.nc; c++) D[c] = p->D[channel + c];
                     for (int64_t chunk = n_chunks(p) - 1; chunk >= 0; chunk--) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
-                        load_chunk(p, &t, l0, nt, 1, ch);
+                        load_chunk(p, &t, l0, nt, ch);
                         /* Recompute the chunk's states from the one saved before it;
                          * run_chunk advances h in place, start keeps h_{l0-1}. */
                         load_states(p, &t, chunk - 1, states, start);
                         memcpy(h, start, sizeof(float) * N * V);
                         run_chunk(p, &t, ch, nt, A_t, h, a_buf, h_buf, NULL);
-                        load_tile(grad_y + t.u_row * L, L, ch->pos, nt, ch->next, 0, t.nc, gy);
+                        load_tile(grad_y + t.u_row * L, L, ch->pos, nt, t.nc, gy);
                         memset(gu, 0, sizeof(float) * T * V);
                         memset(gdt, 0, sizeof(float) * T * V);
                         for (int64_t i = nt - 1; i >= 0; i--) {
