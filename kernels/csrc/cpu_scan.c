@@ -122,7 +122,8 @@ static inline int64_t n_chunks(const ScanProblem *p) { return (p->length + T - 1
 /* Where one work item (sample b, channel tile) reads and writes for direction k. */
 typedef struct {
     int64_t b, k, c0, nc;   /* sample, direction, first channel in the group, channels */
-    int64_t row;            /* channel index of the tile's first channel in delta: k*D + c0 */
+    int64_t channel;        /* the tile's first channel among the K*D: k*D + c0 */
+    int64_t row;            /* its row in delta: b*K*D + k*D + c0 */
     int64_t u_row;          /* row of the first channel in u, y, grad_y, du */
     const int32_t *order;   /* the L positions of direction k, or NULL */
 } Tile;
@@ -134,7 +135,8 @@ static Tile tile_at(const ScanProblem *p, int64_t item, int64_t k) {
     t.c0 = (item % tiles) * V;
     t.nc = min64(V, p->dim - t.c0);
     t.k = k;
-    t.row = t.b * p->groups * p->dim + k * p->dim + t.c0;
+    t.channel = k * p->dim + t.c0;
+    t.row = t.b * p->groups * p->dim + t.channel;
     t.u_row = p->orders ? t.b * p->dim + t.c0 : t.row;
     t.order = NULL;
     if (p->orders) {
@@ -170,6 +172,13 @@ static void store_tile(float *rows, int64_t length, const int64_t *pos, int64_t 
         }
 }
 
+/* A per-channel parameter (K*D,) of the tile's channels; zeros where absent. */
+static void load_channels(const float *values, const Tile *t, float out[V]) {
+    memset(out, 0, sizeof(float) * V);
+    if (values)
+        for (int64_t c = 0; c < t->nc; c++) out[c] = values[t->channel + c];
+}
+
 /* A chunk's inputs in (step, channel) layout: z = delta_raw + bias, the step size dt
  * (softplus(z) or z), u and dt*u. */
 typedef struct {
@@ -181,10 +190,8 @@ static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t 
     positions(t, l0, nt, ch->pos);
     load_tile(p->delta + t->row * p->length, p->length, ch->pos, nt, t->nc, ch->z);
     load_tile(p->u + t->u_row * p->length, p->length, ch->pos, nt, t->nc, ch->u);
-    float bias[V] = {0};
-    if (p->delta_bias)
-        for (int64_t c = 0; c < t->nc; c++)
-            bias[c] = p->delta_bias[t->row - t->b * p->groups * p->dim + c];
+    float bias[V];
+    load_channels(p->delta_bias, t, bias);
     for (int64_t i = 0; i < nt; i++) {
 #pragma omp simd
         for (int c = 0; c < V; c++) {
@@ -199,11 +206,11 @@ static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t 
 
 /* A (K*D, N) of the tile, as A_t[n][c]; lanes past nc are zero. */
 static void load_A(const ScanProblem *p, const Tile *t, float *A_t) {
-    int64_t N = p->n_state, channel = t->row - t->b * p->groups * p->dim;
+    int64_t N = p->n_state;
     memset(A_t, 0, sizeof(float) * N * V);
     for (int64_t c = 0; c < t->nc; c++)
         for (int64_t n = 0; n < N; n++)
-            A_t[n * V + c] = p->A[(channel + c) * N + n];
+            A_t[n * V + c] = p->A[(t->channel + c) * N + n];
 }
 
 /* The chunk's recurrence from the states h[n][c]. Writes a_t and h_t per step into
@@ -270,10 +277,8 @@ int qm_scan_forward(const ScanProblem *p, float *y, float *states) {
                     Tile t = tile_at(p, item, k);
                     load_A(p, &t, A_t);
                     memset(h, 0, sizeof(float) * N * V);
-                    float D[V] = {0};
-                    if (p->D)
-                        for (int64_t c = 0; c < t.nc; c++)
-                            D[c] = p->D[t.row - t.b * p->groups * p->dim + c];
+                    float D[V];
+                    load_channels(p->D, &t, D);
                     for (int64_t chunk = 0; chunk * T < L; chunk++) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
                         load_chunk(p, &t, l0, nt, ch);
@@ -321,15 +326,13 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, const float *sta
             for (int64_t item = 0; item < items; item++) {
                 for (int64_t k = 0; k < p->groups; k++) {
                     Tile t = tile_at(p, item, k);
-                    int64_t channel = t.row - t.b * p->groups * p->dim;
                     int64_t shared = ((t.b * p->groups + k) * tiles + t.c0 / V) * N * L;
                     const float *B = p->B + (t.b * p->groups + k) * N * L;
                     load_A(p, &t, A_t);
                     memset(carry, 0, sizeof(float) * N * V);
                     memset(gA, 0, sizeof(float) * N * V);
-                    float D[V] = {0}, gD[V] = {0}, gbias[V] = {0};
-                    if (p->D)
-                        for (int64_t c = 0; c < t.nc; c++) D[c] = p->D[channel + c];
+                    float D[V], gD[V] = {0}, gbias[V] = {0};
+                    load_channels(p->D, &t, D);
                     for (int64_t chunk = n_chunks(p) - 1; chunk >= 0; chunk--) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
                         load_chunk(p, &t, l0, nt, ch);
