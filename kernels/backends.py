@@ -45,6 +45,10 @@ class ScanBackend:
         traceable: ``fn`` is plain differentiable PyTorch with no data-dependent control
             flow: it runs outside the custom op, so that tracers and exporters (ONNX) see
             standard operators.
+        channels_last: ``fn`` and ``backward`` read ``(batch, channels, L)`` inputs through
+            their strides and run fastest on channel-last ones (``(batch, L, channels)`` in
+            memory, see :mod:`.layout`): :func:`~.projected.selective_scan_projected` then
+            projects the map channel-last, with no transposed copies.
     """
     name: str
     fn: ScanFn
@@ -55,6 +59,7 @@ class ScanBackend:
     gathers_orders: bool = False
     saved_shape: Optional[Callable[..., Tuple[int, ...]]] = None
     traceable: bool = False
+    channels_last: bool = False
 
 
 _BACKENDS: Dict[str, ScanBackend] = {}
@@ -108,7 +113,7 @@ register_backend(
                 # Built on first use; without a C compiler 'auto' falls back to 'chunked'.
                 supports=lambda device: device.type == 'cpu' and cpu_scan.available(),
                 priority=15, backward=cpu_scan.selective_scan_cpu_backward, gathers_orders=True,
-                saved_shape=cpu_scan.saved_states_shape))
+                saved_shape=cpu_scan.saved_states_shape, channels_last=True))
 try:
     from . import triton_scan
 except ImportError:  # no triton package: the PyTorch backends remain

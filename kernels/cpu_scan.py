@@ -28,6 +28,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .layout import empty_in_layout_of
+
 SOURCE = Path(__file__).with_name('csrc') / 'cpu_scan.c'
 TILE_CHANNELS = 16  # V in cpu_scan.c
 CHUNK = 64  # T in cpu_scan.c
@@ -41,16 +43,29 @@ ISA_FLAGS = {
 BASE_FLAGS = ['-O3', '-shared', '-fPIC', '-fno-trapping-math', '-std=gnu99']
 
 
+class _RowStrides(ctypes.Structure):
+    """Strides of a ``(batch, channels, L)`` tensor."""
+    _fields_ = [(name, ctypes.c_int64) for name in ('batch', 'channel', 'pos')]
+
+
+class _StateStrides(ctypes.Structure):
+    """Strides of a ``(batch, K, N, L)`` tensor."""
+    _fields_ = [(name, ctypes.c_int64) for name in ('batch', 'dir', 'state', 'pos')]
+
+
 class _Problem(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (
         'u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias', 'orders', 'order_index')] + [
             (name, ctypes.c_int64) for name in ('batch', 'groups', 'dim', 'n_state', 'length')
-        ] + [('softplus', ctypes.c_int32), ('n_threads', ctypes.c_int32)]
+        ] + [('softplus', ctypes.c_int32), ('n_threads', ctypes.c_int32),
+             ('stride_u', _RowStrides), ('stride_delta', _RowStrides),
+             ('stride_B', _StateStrides), ('stride_C', _StateStrides)]
 
 
 class _Grads(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (
-        'du', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias')]
+        'du', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias')] + [
+            ('stride_du', _RowStrides), ('stride_ddelta', _RowStrides)]
 
 
 def _capability() -> str:
@@ -123,9 +138,9 @@ class _Library:
 
     @staticmethod
     def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-        lib.qm_scan_forward.argtypes = [ctypes.POINTER(_Problem), ctypes.c_void_p,
+        lib.qm_scan_forward.argtypes = [ctypes.POINTER(_Problem), ctypes.c_void_p, _RowStrides,
                                         ctypes.c_void_p]
-        lib.qm_scan_backward.argtypes = [ctypes.POINTER(_Problem), ctypes.c_void_p,
+        lib.qm_scan_backward.argtypes = [ctypes.POINTER(_Problem), ctypes.c_void_p, _RowStrides,
                                          ctypes.c_void_p, ctypes.POINTER(_Grads)]
         lib.qm_scan_forward.restype = lib.qm_scan_backward.restype = ctypes.c_int
         return lib
@@ -152,7 +167,12 @@ def _ptr(t: Optional[Tensor]) -> Optional[int]:
 
 
 def _fp32(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.detach().float().contiguous()
+    """fp32, strides kept: the kernel reads maps, sequences, B and C through them."""
+    return None if t is None else t.detach().float()
+
+
+def _strides(t: Tensor, kind=_RowStrides):
+    return kind(*t.stride())
 
 
 def _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_index):
@@ -162,7 +182,9 @@ def _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_ind
         raise ValueError(f'the cpu scan backend runs on CPU tensors, got {delta.device}')
     if LIBRARY.load() is None:
         raise RuntimeError(LIBRARY.error)
-    u, delta, A, B, C, D, delta_bias = map(_fp32, (u, delta, A, B, C, D, delta_bias))
+    u, delta, B, C = map(_fp32, (u, delta, B, C))
+    A, D, delta_bias = (None if t is None else t.detach().float().contiguous()
+                        for t in (A, D, delta_bias))
     if orders is not None:
         orders = orders.to(torch.int32).contiguous()
         order_index = None if order_index is None else order_index.to(torch.int32).contiguous()
@@ -170,8 +192,9 @@ def _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_ind
     batch, channels, length = delta.shape
     groups, n_state = B.shape[1], B.shape[2]
     problem = _Problem(*map(_ptr, keep), batch, groups, channels // groups, n_state, length,
-                       int(delta_softplus),
-                       torch.get_num_threads() if LIBRARY.threaded else 1)
+                       int(delta_softplus), torch.get_num_threads() if LIBRARY.threaded else 1,
+                       _strides(u), _strides(delta), _strides(B, _StateStrides),
+                       _strides(C, _StateStrides))
     return problem, keep
 
 
@@ -200,9 +223,10 @@ def selective_scan_cpu(u: Tensor,
     """
     problem, keep = _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
                              order_index)
-    y = torch.empty(keep[0].shape)
+    y = empty_in_layout_of(keep[0])
     states = torch.empty(saved_states_shape(u, delta, A, B))
-    if LIBRARY.handle.qm_scan_forward(ctypes.byref(problem), y.data_ptr(), states.data_ptr()):
+    if LIBRARY.handle.qm_scan_forward(ctypes.byref(problem), y.data_ptr(), _strides(y),
+                                      states.data_ptr()):
         raise MemoryError('the cpu scan could not allocate its work buffers')
     return y, states
 
@@ -224,18 +248,20 @@ def selective_scan_cpu_backward(grad_y: Tensor,
     from the chunk-end ``states`` of :func:`selective_scan_cpu`."""
     problem, keep = _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
                              order_index)
-    grad_y, states = _fp32(grad_y), _fp32(states)
+    grad_y, states = _fp32(grad_y), states.float().contiguous()
     batch, channels, length = delta.shape
     groups, n_state = B.shape[1], B.shape[2]
     tiles = -(-(channels // groups) // TILE_CHANNELS)
-    du, ddelta = torch.empty(keep[0].shape), torch.empty(delta.shape)
+    du, ddelta = empty_in_layout_of(keep[0]), empty_in_layout_of(keep[1])
     dB = torch.empty(batch, groups, tiles, n_state, length)
     dC = torch.empty_like(dB)
     dA = torch.empty(batch, channels, n_state)
     dD, dbias = torch.empty(batch, channels), torch.empty(batch, channels)
-    grads = _Grads(*map(_ptr, (du, ddelta, dA, dB, dC, dD, dbias)))
+    grads = _Grads(*map(_ptr, (du, ddelta, dA, dB, dC, dD, dbias)), _strides(du),
+                   _strides(ddelta))
     if LIBRARY.handle.qm_scan_backward(ctypes.byref(problem), grad_y.data_ptr(),
-                                       states.data_ptr(), ctypes.byref(grads)):
+                                       _strides(grad_y), states.data_ptr(),
+                                       ctypes.byref(grads)):
         raise MemoryError('the cpu scan could not allocate its work buffers')
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
             None if delta_bias is None else dbias.sum(0))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .backends import get_backend
+from .layout import empty_in_layout_of, in_layout_of
 
 
 def order_options(orders: Optional[Tensor], order_index: Optional[Tensor]) -> dict:
@@ -34,7 +35,7 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         out = impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
                       **order_options(orders, order_index))
     y, saved = out if isinstance(out, tuple) else (out, None)
-    y = y.float()
+    y = in_layout_of(y, u)  # the layout the fake implementation promises
     if saved is None:
         saved = u.new_empty(0, dtype=torch.float32)
     return (y.clone() if _aliases(y, u, delta) else y), saved
@@ -49,8 +50,7 @@ def _aliases(y: Tensor, *inputs: Tensor) -> bool:
 @selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, orders, order_index, delta_softplus, backend):
     impl = get_backend(backend)
-    out_shape = u.shape if orders is not None else delta.shape
-    y = delta.new_empty(out_shape, dtype=torch.float32)
+    y = empty_in_layout_of(u)  # u is the map with orders, else of delta's shape
     saved_shape = (0, ) if impl.saved_shape is None else impl.saved_shape(u, delta, A, B)
     return y, delta.new_empty(saved_shape, dtype=torch.float32)
 
@@ -70,9 +70,10 @@ def selective_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tens
 
 
 def _fresh(grad: Optional[Tensor], like: Optional[Tensor]) -> Tensor:
+    """The gradient of input ``like`` in its layout (see :mod:`.layout`), not aliasing it."""
     if like is None or grad is None:
         return grad_placeholder(like)
-    grad = grad.float()
+    grad = in_layout_of(grad, like)
     return grad.clone() if _aliases(grad, like) else grad
 
 
@@ -84,7 +85,7 @@ def grad_placeholder(like: Optional[Tensor]) -> Tensor:
 @selective_scan_backward_op.register_fake
 def _(grad_y, u, delta, A, B, C, D, delta_bias, saved, orders, order_index, delta_softplus,
       backend):
-    return [grad_y.new_empty(0) if t is None else t.new_empty(t.shape, dtype=torch.float32)
+    return [grad_y.new_empty(0) if t is None else empty_in_layout_of(t)
             for t in (u, delta, A, B, C, D, delta_bias)]
 
 

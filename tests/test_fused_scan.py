@@ -230,3 +230,31 @@ def test_c_kernel_results_do_not_depend_on_the_thread_count():
     (y1, g1), (y2, g2) = results
     assert torch.equal(y1, y2)
     assert all(torch.equal(g1[name], g2[name]) for name in g1)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'chunked'])
+def test_channel_last_inputs_give_channel_last_outputs(backend):
+    """u and delta stored as (batch, L, channels): the same values and gradients as from
+    contiguous inputs, y and their gradients channel-last, and the op's fake
+    implementation promises the strides the real one returns."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from quadmamba_kernels import selective_scan_op
+    from quadmamba_kernels.layout import is_channel_last
+    if backend not in available_backends('cpu'):
+        pytest.skip(f'{backend} is not available')
+    inputs = make_inputs(batch=2, k=2, dim=20, n_state=1, length=70)
+    stored_last = dict(inputs, **{name: inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+                                  for name in ('u', 'delta')})
+    y_ref, g_ref = scan_and_grads(inputs, backend, 'cpu')
+    y, g = scan_and_grads(stored_last, backend, 'cpu')
+    assert is_channel_last(y) and is_channel_last(g['u']) and is_channel_last(g['delta'])
+    assert_close_rel(y, y_ref, 1e-6, 'y')
+    for name in g_ref:
+        assert_close_rel(g[name], g_ref[name], 1e-6, f'grad {name}')
+
+    args = [stored_last[name] for name in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
+    real, _ = selective_scan_op(*args, None, None, True, backend)
+    with FakeTensorMode() as mode:
+        fake, _ = selective_scan_op(*[mode.from_tensor(t) for t in args], None, None, True,
+                                    backend)
+    assert fake.stride() == real.stride() and is_channel_last(real)

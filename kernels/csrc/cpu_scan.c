@@ -2,8 +2,10 @@
  *
  * The same problem, layout and saved states as the Triton kernels (triton_scan.py):
  *   h_t = exp(delta_t * A) h_{t-1} + delta_t B_t u_t,   y_t = <C_t, h_t> + D u_t,
- * delta = softplus(delta_raw + delta_bias) if asked. u, delta, y: (batch, channels, L)
- * rows; B, C: (batch, K, N, L); A: (K*D, N). With orders, u, y and grad_y are the
+ * delta = softplus(delta_raw + delta_bias) if asked. u, delta, y: (batch, channels, L);
+ * B, C: (batch, K, N, L); A: (K*D, N). These six are read and written through their
+ * strides, so channel-last maps ((batch, L, channels) in memory) need no copy; then one
+ * step's channels are one vector load. With orders, u, y and grad_y are the
  * (batch, D, L) map, step i of direction k reads map position orders[g, k, i] and the K
  * directions' outputs are summed at their map positions.
  *
@@ -28,19 +30,31 @@
 #define V 16 /* channels per tile: one AVX-512 vector, two AVX2 ones */
 #define T 64 /* scan steps per chunk */
 
+/* Strides in elements of a (batch, channels, L) tensor and of a (batch, K, N, L) one. */
+typedef struct {
+    int64_t batch, channel, pos;
+} RowStrides;
+
+typedef struct {
+    int64_t batch, dir, state, pos;
+} StateStrides;
+
 typedef struct {
     const float *u, *delta, *A, *B, *C;
-    const float *D, *delta_bias;           /* NULL when absent */
+    const float *D, *delta_bias;           /* NULL when absent; A, D, delta_bias contiguous */
     const int32_t *orders, *order_index;   /* (G, K, L), (batch,); NULL: scan order */
     int64_t batch, groups, dim, n_state, length;
     int32_t softplus, n_threads;
+    RowStrides stride_u, stride_delta;
+    StateStrides stride_B, stride_C;
 } ScanProblem;
 
 typedef struct {
-    float *du, *ddelta;        /* like u, like delta */
+    float *du, *ddelta;        /* like u, like delta (with their own strides) */
     float *dA;                 /* (batch, K*D, N) */
     float *dB, *dC;            /* (batch, K, tiles, N, L) */
     float *dD, *ddelta_bias;   /* (batch, K*D) */
+    RowStrides stride_du, stride_ddelta;
 } ScanGrads;
 
 static inline float bits_to_float(int32_t bits) {
@@ -123,8 +137,8 @@ static inline int64_t n_chunks(const ScanProblem *p) { return (p->length + T - 1
 typedef struct {
     int64_t b, k, c0, nc;   /* sample, direction, first channel in the group, channels */
     int64_t channel;        /* the tile's first channel among the K*D: k*D + c0 */
-    int64_t row;            /* its row in delta: b*K*D + k*D + c0 */
-    int64_t u_row;          /* row of the first channel in u, y, grad_y, du */
+    int64_t row;            /* b*K*D + k*D + c0: its row in the states, dA, dD */
+    int64_t map_channel;    /* its first channel in u, y, grad_y, du: c0 with orders */
     const int32_t *order;   /* the L positions of direction k, or NULL */
 } Tile;
 
@@ -137,7 +151,7 @@ static Tile tile_at(const ScanProblem *p, int64_t item, int64_t k) {
     t.k = k;
     t.channel = k * p->dim + t.c0;
     t.row = t.b * p->groups * p->dim + t.channel;
-    t.u_row = p->orders ? t.b * p->dim + t.c0 : t.row;
+    t.map_channel = p->orders ? t.c0 : t.channel;
     t.order = NULL;
     if (p->orders) {
         int64_t g = p->order_index ? p->order_index[t.b] : 0;
@@ -152,24 +166,47 @@ static void positions(const Tile *t, int64_t l0, int64_t nt, int64_t *pos) {
         pos[i] = t->order ? t->order[l0 + i] : l0 + i;
 }
 
-/* rows[c*L + pos[i]] -> out[i][c]; lanes past nc are zero. One step's channels are one
- * (strided) vector load. */
-static void load_tile(const float *rows, int64_t length, const int64_t *pos, int64_t nt,
+/* The element of channel `channel` of sample b at position 0 in a (batch, channels, L)
+ * tensor. */
+static inline int64_t row_offset(RowStrides s, int64_t b, int64_t channel) {
+    return b * s.batch + channel * s.channel;
+}
+
+/* first[c*s.channel + pos[i]*s.pos] -> out[i][c]; lanes past nc are zero. */
+static void load_tile(const float *first, RowStrides s, const int64_t *pos, int64_t nt,
                       int64_t nc, float out[][V]) {
     for (int64_t i = 0; i < nt; i++) {
-        const float *at = rows + pos[i];
+        const float *at = first + pos[i] * s.pos;
+        if (s.channel == 1 && nc == V) { /* channel-last: one vector */
 #pragma omp simd
-        for (int c = 0; c < V; c++) out[i][c] = c < nc ? at[c * length] : 0.f;
+            for (int c = 0; c < V; c++) out[i][c] = at[c];
+        } else {
+            int64_t c = 0;
+            for (; c < nc; c++) out[i][c] = at[c * s.channel];
+            for (; c < V; c++) out[i][c] = 0.f;
+        }
     }
 }
 
-static void store_tile(float *rows, int64_t length, const int64_t *pos, int64_t nt, int64_t nc,
+static void store_tile(float *first, RowStrides s, const int64_t *pos, int64_t nt, int64_t nc,
                        float in[][V], int accumulate) {
-    for (int64_t c = 0; c < nc; c++)
-        for (int64_t i = 0; i < nt; i++) {
-            float *at = rows + c * length + pos[i];
-            *at = accumulate ? *at + in[i][c] : in[i][c];
+    for (int64_t i = 0; i < nt; i++) {
+        float *at = first + pos[i] * s.pos;
+        if (s.channel == 1 && nc == V) {
+            if (accumulate) {
+#pragma omp simd
+                for (int c = 0; c < V; c++) at[c] += in[i][c];
+            } else {
+#pragma omp simd
+                for (int c = 0; c < V; c++) at[c] = in[i][c];
+            }
+        } else {
+            for (int64_t c = 0; c < nc; c++) {
+                float *to = at + c * s.channel;
+                *to = accumulate ? *to + in[i][c] : in[i][c];
+            }
         }
+    }
 }
 
 /* A per-channel parameter (K*D,) of the tile's channels; zeros where absent. */
@@ -188,8 +225,10 @@ typedef struct {
 
 static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, Chunk *ch) {
     positions(t, l0, nt, ch->pos);
-    load_tile(p->delta + t->row * p->length, p->length, ch->pos, nt, t->nc, ch->z);
-    load_tile(p->u + t->u_row * p->length, p->length, ch->pos, nt, t->nc, ch->u);
+    load_tile(p->delta + row_offset(p->stride_delta, t->b, t->channel), p->stride_delta, ch->pos,
+              nt, t->nc, ch->z);
+    load_tile(p->u + row_offset(p->stride_u, t->b, t->map_channel), p->stride_u, ch->pos, nt,
+              t->nc, ch->u);
     float bias[V];
     load_channels(p->delta_bias, t, bias);
     for (int64_t i = 0; i < nt; i++) {
@@ -217,13 +256,15 @@ static void load_A(const ScanProblem *p, const Tile *t, float *A_t) {
  * a_buf/h_buf ((nt, N, V)) when they are given, and y into y_out when given. */
 static void run_chunk(const ScanProblem *p, const Tile *t, const Chunk *ch, int64_t nt,
                       const float *A_t, float *h, float *a_buf, float *h_buf, float y_out[][V]) {
-    int64_t N = p->n_state, L = p->length;
-    const float *B = p->B + (t->b * p->groups + t->k) * N * L;
-    const float *C = p->C + (t->b * p->groups + t->k) * N * L;
+    int64_t N = p->n_state;
+    StateStrides sB = p->stride_B, sC = p->stride_C;
+    const float *B = p->B + t->b * sB.batch + t->k * sB.dir;
+    const float *C = p->C + t->b * sC.batch + t->k * sC.dir;
     for (int64_t i = 0; i < nt; i++) {
         float y[V] = {0};
         for (int64_t n = 0; n < N; n++) {
-            float b_in = B[n * L + ch->pos[i]], c_out = C[n * L + ch->pos[i]];
+            float b_in = B[n * sB.state + ch->pos[i] * sB.pos];
+            float c_out = C[n * sC.state + ch->pos[i] * sC.pos];
             float *hn = h + n * V;
             const float *An = A_t + n * V;
 #pragma omp simd
@@ -259,7 +300,7 @@ static void load_states(const ScanProblem *p, const Tile *t, int64_t chunk, cons
 
 static int threads(const ScanProblem *p) { return p->n_threads > 0 ? p->n_threads : 1; }
 
-int qm_scan_forward(const ScanProblem *p, float *y, float *states) {
+int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *states) {
     int64_t items = p->batch * n_tiles(p), N = p->n_state, L = p->length;
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
@@ -288,7 +329,8 @@ int qm_scan_forward(const ScanProblem *p, float *y, float *states) {
                             for (int c = 0; c < V; c++) y_chunk[i][c] += D[c] * ch->u[i][c];
                         }
                         /* With orders the K directions add up at the map positions. */
-                        store_tile(y + t.u_row * L, L, ch->pos, nt, t.nc, y_chunk,
+                        store_tile(y + row_offset(stride_y, t.b, t.map_channel), stride_y,
+                                   ch->pos, nt, t.nc, y_chunk,
                                    p->orders && k > 0);
                         if (states) save_states(p, &t, chunk, h, states);
                     }
@@ -303,8 +345,8 @@ int qm_scan_forward(const ScanProblem *p, float *y, float *states) {
     return failed ? -1 : 0;
 }
 
-int qm_scan_backward(const ScanProblem *p, const float *grad_y, const float *states,
-                     const ScanGrads *g) {
+int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides stride_grad_y,
+                     const float *states, const ScanGrads *g) {
     int64_t tiles = n_tiles(p), items = p->batch * tiles, N = p->n_state, L = p->length;
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
@@ -327,7 +369,9 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, const float *sta
                 for (int64_t k = 0; k < p->groups; k++) {
                     Tile t = tile_at(p, item, k);
                     int64_t shared = ((t.b * p->groups + k) * tiles + t.c0 / V) * N * L;
-                    const float *B = p->B + (t.b * p->groups + k) * N * L;
+                    StateStrides sB = p->stride_B, sC = p->stride_C;
+                    const float *B = p->B + t.b * sB.batch + k * sB.dir;
+                    const float *C = p->C + t.b * sC.batch + k * sC.dir;
                     load_A(p, &t, A_t);
                     memset(carry, 0, sizeof(float) * N * V);
                     memset(gA, 0, sizeof(float) * N * V);
@@ -341,14 +385,14 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, const float *sta
                         load_states(p, &t, chunk - 1, states, start);
                         memcpy(h, start, sizeof(float) * N * V);
                         run_chunk(p, &t, ch, nt, A_t, h, a_buf, h_buf, NULL);
-                        load_tile(grad_y + t.u_row * L, L, ch->pos, nt, t.nc, gy);
+                        load_tile(grad_y + row_offset(stride_grad_y, t.b, t.map_channel),
+                                  stride_grad_y, ch->pos, nt, t.nc, gy);
                         memset(gu, 0, sizeof(float) * T * V);
                         memset(gdt, 0, sizeof(float) * T * V);
                         for (int64_t i = nt - 1; i >= 0; i--) {
                             for (int64_t n = 0; n < N; n++) {
-                                float b_in = B[n * L + ch->pos[i]];
-                                float c_out = p->C[(t.b * p->groups + k) * N * L + n * L
-                                                   + ch->pos[i]];
+                                float b_in = B[n * sB.state + ch->pos[i] * sB.pos];
+                                float c_out = C[n * sC.state + ch->pos[i] * sC.pos];
                                 const float *prev = i ? h_buf + ((i - 1) * N + n) * V
                                                       : start + n * V;
                                 const float *now = h_buf + (i * N + n) * V;
@@ -382,9 +426,11 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, const float *sta
                                 gbias[c] += gz;
                             }
                         }
-                        store_tile(g->du + t.u_row * L, L, ch->pos, nt, t.nc, gu,
+                        store_tile(g->du + row_offset(g->stride_du, t.b, t.map_channel),
+                                   g->stride_du, ch->pos, nt, t.nc, gu,
                                    p->orders && k > 0);
-                        store_tile(g->ddelta + t.row * L, L, ch->pos, nt, t.nc, gdt, 0);
+                        store_tile(g->ddelta + row_offset(g->stride_ddelta, t.b, t.channel),
+                                   g->stride_ddelta, ch->pos, nt, t.nc, gdt, 0);
                         for (int64_t n = 0; n < N; n++)
                             for (int64_t i = 0; i < nt; i++) {
                                 g->dB[shared + n * L + ch->pos[i]] = gB[n * T + i];
