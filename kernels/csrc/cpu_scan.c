@@ -29,6 +29,7 @@
 
 #define V 16 /* channels per tile: one AVX-512 vector, two AVX2 ones */
 #define T 64 /* scan steps per chunk */
+#define AHEAD 16 /* steps between a prefetch and the load it serves */
 
 /* Strides in elements of a (batch, channels, L) tensor and of a (batch, K, N, L) one. */
 typedef struct {
@@ -160,10 +161,13 @@ static Tile tile_at(const ScanProblem *p, int64_t item, int64_t k) {
     return t;
 }
 
-/* The positions of steps l0 .. l0+nt-1. */
-static void positions(const Tile *t, int64_t l0, int64_t nt, int64_t *pos) {
-    for (int64_t i = 0; i < nt; i++)
+/* The positions of steps l0 .. l0+nt-1 and of up to AHEAD steps after them (to prefetch);
+ * returns how many are known. */
+static int64_t positions(const Tile *t, int64_t l0, int64_t nt, int64_t length, int64_t *pos) {
+    int64_t known = min64(nt + AHEAD, length - l0);
+    for (int64_t i = 0; i < known; i++)
         pos[i] = t->order ? t->order[l0 + i] : l0 + i;
+    return known;
 }
 
 /* The element of channel `channel` of sample b at position 0 in a (batch, channels, L)
@@ -172,11 +176,14 @@ static inline int64_t row_offset(RowStrides s, int64_t b, int64_t channel) {
     return b * s.batch + channel * s.channel;
 }
 
-/* first[c*s.channel + pos[i]*s.pos] -> out[i][c]; lanes past nc are zero. */
+/* first[c*s.channel + pos[i]*s.pos] -> out[i][c]; lanes past nc are zero. Scan orders
+ * jump around the map, so each step's line is prefetched AHEAD steps early (pos holds
+ * `known` positions). */
 static void load_tile(const float *first, RowStrides s, const int64_t *pos, int64_t nt,
-                      int64_t nc, float out[][V]) {
+                      int64_t known, int64_t nc, float out[][V]) {
     for (int64_t i = 0; i < nt; i++) {
         const float *at = first + pos[i] * s.pos;
+        if (i + AHEAD < known) __builtin_prefetch(first + pos[i + AHEAD] * s.pos, 0, 3);
         if (s.channel == 1 && nc == V) { /* channel-last: one vector */
 #pragma omp simd
             for (int c = 0; c < V; c++) out[i][c] = at[c];
@@ -188,10 +195,11 @@ static void load_tile(const float *first, RowStrides s, const int64_t *pos, int6
     }
 }
 
-static void store_tile(float *first, RowStrides s, const int64_t *pos, int64_t nt, int64_t nc,
-                       float in[][V], int accumulate) {
+static void store_tile(float *first, RowStrides s, const int64_t *pos, int64_t nt,
+                       int64_t known, int64_t nc, float in[][V], int accumulate) {
     for (int64_t i = 0; i < nt; i++) {
         float *at = first + pos[i] * s.pos;
+        if (i + AHEAD < known) __builtin_prefetch(first + pos[i + AHEAD] * s.pos, 1, 3);
         if (s.channel == 1 && nc == V) {
             if (accumulate) {
 #pragma omp simd
@@ -219,16 +227,16 @@ static void load_channels(const float *values, const Tile *t, float out[V]) {
 /* A chunk's inputs in (step, channel) layout: z = delta_raw + bias, the step size dt
  * (softplus(z) or z), u and dt*u. */
 typedef struct {
-    int64_t pos[T];
+    int64_t pos[T + AHEAD], known;
     float z[T][V], dt[T][V], u[T][V], dtu[T][V];
 } Chunk;
 
 static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, Chunk *ch) {
-    positions(t, l0, nt, ch->pos);
+    ch->known = positions(t, l0, nt, p->length, ch->pos);
     load_tile(p->delta + row_offset(p->stride_delta, t->b, t->channel), p->stride_delta, ch->pos,
-              nt, t->nc, ch->z);
+              nt, ch->known, t->nc, ch->z);
     load_tile(p->u + row_offset(p->stride_u, t->b, t->map_channel), p->stride_u, ch->pos, nt,
-              t->nc, ch->u);
+              ch->known, t->nc, ch->u);
     float bias[V];
     load_channels(p->delta_bias, t, bias);
     for (int64_t i = 0; i < nt; i++) {
@@ -330,7 +338,7 @@ int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *
                         }
                         /* With orders the K directions add up at the map positions. */
                         store_tile(y + row_offset(stride_y, t.b, t.map_channel), stride_y,
-                                   ch->pos, nt, t.nc, y_chunk,
+                                   ch->pos, nt, ch->known, t.nc, y_chunk,
                                    p->orders && k > 0);
                         if (states) save_states(p, &t, chunk, h, states);
                     }
@@ -386,7 +394,7 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                         memcpy(h, start, sizeof(float) * N * V);
                         run_chunk(p, &t, ch, nt, A_t, h, a_buf, h_buf, NULL);
                         load_tile(grad_y + row_offset(stride_grad_y, t.b, t.map_channel),
-                                  stride_grad_y, ch->pos, nt, t.nc, gy);
+                                  stride_grad_y, ch->pos, nt, ch->known, t.nc, gy);
                         memset(gu, 0, sizeof(float) * T * V);
                         memset(gdt, 0, sizeof(float) * T * V);
                         for (int64_t i = nt - 1; i >= 0; i--) {
@@ -427,10 +435,10 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                             }
                         }
                         store_tile(g->du + row_offset(g->stride_du, t.b, t.map_channel),
-                                   g->stride_du, ch->pos, nt, t.nc, gu,
+                                   g->stride_du, ch->pos, nt, ch->known, t.nc, gu,
                                    p->orders && k > 0);
                         store_tile(g->ddelta + row_offset(g->stride_ddelta, t.b, t.channel),
-                                   g->stride_ddelta, ch->pos, nt, t.nc, gdt, 0);
+                                   g->stride_ddelta, ch->pos, nt, ch->known, t.nc, gdt, 0);
                         for (int64_t n = 0; n < N; n++)
                             for (int64_t i = 0; i < nt; i++) {
                                 g->dB[shared + n * L + ch->pos[i]] = gB[n * T + i];
