@@ -3,7 +3,10 @@
 The kernel does in one pass over each sequence what the chunked PyTorch path does in some
 fifteen passes over ``K*D*L`` elements (softplus, discretisation, recurrence, output, and
 the same again backwards), and reads the scan orders in place like the Triton kernels:
-no gathered copies of the map, no scattered outputs. It is plain C: vector loops over
+no gathered copies of the map, no scattered outputs. It reads and writes the maps through
+their strides: a channel-last map (SS2D's conv output) is read with one vector load per step
+and needs no transposed copy, and ``y`` and the input gradients come back in their input's
+layout (:mod:`.layout`). It is plain C: vector loops over
 channels that the compiler vectorises for the ISA that PyTorch itself dispatches to on
 this CPU (``torch.backends.cpu.get_cpu_capability()``), with its own exp and log, so the
 speed does not hang on any vendor's vector math library.

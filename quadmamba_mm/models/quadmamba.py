@@ -160,6 +160,8 @@ class SS2D(nn.Module):
         batch, height, width, _ = x.shape
         k, d, length = self.num_directions, self.d_inner, height * width
         x = self.act(self.conv2d(self.in_proj(x).permute(0, 3, 1, 2)))  # (B, D, H, W)
+        # Stored channel-last (the conv keeps its input's channels_last format): this is a
+        # view, which the CPU kernel reads as it is.
         flat = x.reshape(batch, d, length)
         choice = self.window_choice(x, shift) if self.scan == 'quadtree' else None
         in_place = self.pattern.map_orders(choice, height, width, shift, x.device)
@@ -173,7 +175,7 @@ class SS2D(nn.Module):
                                 self.Ds.float(), orders=orders, order_index=order_index)
         if merge is not None:
             y = merge(y.view(batch, k, d, length))
-        y = y.view(batch, d, height, width).permute(0, 2, 3, 1)
+        y = y.view(batch, d, height, width).permute(0, 2, 3, 1)  # contiguous if y is channel-last
         return self.out_proj(self.out_norm(y).to(x.dtype))
 
 
