@@ -22,11 +22,12 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -83,13 +84,13 @@ def _cache_dir() -> Path:
     return Path(base)
 
 
-def _compile(compiler: str, flags: list, target: Path) -> Optional[str]:
+def _compile(compiler: List[str], flags: List[str], target: Path) -> Optional[str]:
     """Build into ``target`` (atomically); the compiler's complaint if it fails."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *flags, str(SOURCE), '-o', tmp], capture_output=True,
+        done = subprocess.run([*compiler, *flags, str(SOURCE), '-o', tmp], capture_output=True,
                               text=True, timeout=300)
         if done.returncode != 0:
             return (done.stderr or done.stdout).strip()[-2000:] or f'exit status {done.returncode}'
@@ -109,6 +110,7 @@ class _Library:
         self.handle: Optional[ctypes.CDLL] = None
         self.error: Optional[str] = None
         self.tried = False
+        self.threaded = False
 
     def load(self) -> Optional[ctypes.CDLL]:
         if self.tried:
@@ -117,12 +119,14 @@ class _Library:
         if os.name != 'posix':
             self.error = 'the fused CPU scan is built for POSIX systems only'
             return None
-        compiler = os.environ.get('CC', 'cc')
+        compiler = shlex.split(os.environ.get('CC') or 'cc')  # CC may be 'ccache gcc'
+        if not compiler:
+            compiler = ['cc']
         flags = BASE_FLAGS + ISA_FLAGS.get(_capability(), [])
         errors = []
         # OpenMP for threads where the compiler has it; else one thread per call.
         for extra in (['-fopenmp'], []):
-            key = hashlib.sha256('\0'.join([SOURCE.read_text(), compiler, *flags, *extra,
+            key = hashlib.sha256('\0'.join([SOURCE.read_text(), *compiler, *flags, *extra,
                                             _compiler_version(compiler)]).encode()).hexdigest()
             target = _cache_dir() / f'cpu_scan_{_capability().lower()}_{key[:16]}.so'
             error = None if target.exists() else _compile(compiler, flags + extra, target)
@@ -130,10 +134,13 @@ class _Library:
                 try:
                     self.handle = self._bind(ctypes.CDLL(str(target)))
                     self.threaded = bool(extra)
+                    if not self.threaded:
+                        warnings.warn(f'{" ".join(compiler)} has no OpenMP (-fopenmp): the '
+                                      'fused CPU scan runs on one thread')
                     return self.handle
                 except OSError as load_error:
                     error = str(load_error)
-            errors.append(f'{compiler} {" ".join(flags + extra)}: {error}')
+            errors.append(f'{" ".join(compiler + flags + extra)}: {error}')
         self.error = 'could not build the fused CPU scan (csrc/cpu_scan.c): ' + '; '.join(errors)
         warnings.warn(f'{self.error}. The chunked PyTorch scan is used instead (slower). Set '
                       'CC to a working C compiler to build it.')
@@ -149,9 +156,9 @@ class _Library:
         return lib
 
 
-def _compiler_version(compiler: str) -> str:
+def _compiler_version(compiler: List[str]) -> str:
     try:
-        return subprocess.run([compiler, '--version'], capture_output=True, text=True,
+        return subprocess.run([*compiler, '--version'], capture_output=True, text=True,
                               timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return ''
