@@ -124,8 +124,9 @@ class _Library:
             compiler = ['cc']
         flags = BASE_FLAGS + ISA_FLAGS.get(_capability(), [])
         errors = []
-        # OpenMP for threads where the compiler has it; else one thread per call.
-        for extra in (['-fopenmp'], []):
+        # OpenMP for threads where the compiler has it; else one thread per call (keeping
+        # the vector loops where the compiler knows their pragmas).
+        for extra in (['-fopenmp'], ['-fopenmp-simd'], []):
             key = hashlib.sha256('\0'.join([SOURCE.read_text(), *compiler, *flags, *extra,
                                             _compiler_version(compiler)]).encode()).hexdigest()
             target = _cache_dir() / f'cpu_scan_{_capability().lower()}_{key[:16]}.so'
@@ -133,7 +134,7 @@ class _Library:
             if error is None:
                 try:
                     self.handle = self._bind(ctypes.CDLL(str(target)))
-                    self.threaded = bool(extra)
+                    self.threaded = extra == ['-fopenmp']
                     if not self.threaded:
                         warnings.warn(f'{" ".join(compiler)} has no OpenMP (-fopenmp): the '
                                       'fused CPU scan runs on one thread')

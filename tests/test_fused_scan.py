@@ -258,3 +258,34 @@ def test_channel_last_inputs_give_channel_last_outputs(backend):
         fake, _ = selective_scan_op(*[mode.from_tensor(t) for t in args], None, None, True,
                                     backend)
     assert fake.stride() == real.stride() and is_channel_last(real)
+
+
+def test_without_openmp_the_c_kernel_runs_on_one_thread(tmp_path):
+    """A compiler without OpenMP still builds the kernel (one thread, vector loops kept),
+    says so once, and the results equal the reference."""
+    import subprocess
+    import sys
+    compiler = tmp_path / 'cc-without-openmp'
+    compiler.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\n'
+                        'exec cc "$@"\n')
+    compiler.chmod(0o755)
+    code = ('import warnings, torch\n'
+            'warnings.simplefilter("always")\n'
+            'from quadmamba_kernels import cpu_scan, selective_scan\n'
+            'from test_selective_scan import make_inputs\n'
+            'inputs = make_inputs(batch=2, k=2, dim=20, n_state=2, length=70)\n'
+            'y = selective_scan(**inputs, delta_softplus=True, backend="cpu")\n'
+            'ref = selective_scan(**inputs, delta_softplus=True, backend="reference")\n'
+            'print("threaded", cpu_scan.LIBRARY.threaded)\n'
+            'print("error", ((y - ref).abs().max() / ref.abs().max()).item())\n')
+    env = dict(os.environ, CC=str(compiler), QUADMAMBA_KERNELS_CACHE=str(tmp_path / 'cache'),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                           os.environ.get('PYTHONPATH', '')]))
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0 and 'could not build' in done.stderr:
+        pytest.skip('no C compiler here')
+    assert done.returncode == 0, done.stderr
+    assert 'threaded False' in done.stdout
+    assert float(done.stdout.split('error ')[1]) <= 1e-5
+    assert done.stderr.count('runs on one thread') == 1

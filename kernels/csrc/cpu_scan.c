@@ -308,18 +308,56 @@ static void load_states(const ScanProblem *p, const Tile *t, int64_t chunk, cons
 
 static int threads(const ScanProblem *p) { return p->n_threads > 0 ? p->n_threads : 1; }
 
+/* One thread's buffers, in one allocation: a chunk's inputs; per state and channel the
+ * running state, the state before the chunk, A, the reverse carry and dL/dA; per step the
+ * decays and states of the chunk (backward) and the per-step sums for B and C; and three
+ * (step, channel) tiles: y (forward) or dL/dy (backward), dL/du and dL/d(delta). */
+typedef struct {
+    Chunk chunk;
+    float *h, *start, *A_t, *carry, *gA; /* (N, V) */
+    float *a_buf, *h_buf;                /* (T, N, V) */
+    float *gB, *gC;                      /* (N, T) */
+    float (*y)[V], (*gu)[V], (*gdt)[V];  /* (T, V) */
+} Workspace;
+
+static Workspace *workspace_new(int64_t N) {
+    int64_t nv = N * V, floats = 5 * nv + 2 * T * nv + 2 * N * T + 3 * T * V;
+    Workspace *w = malloc(sizeof(Workspace) + sizeof(float) * floats);
+    if (!w) return NULL;
+    float *f = (float *)(w + 1);
+    w->h = f, f += nv;
+    w->start = f, f += nv;
+    w->A_t = f, f += nv;
+    w->carry = f, f += nv;
+    w->gA = f, f += nv;
+    w->a_buf = f, f += T * nv;
+    w->h_buf = f, f += T * nv;
+    w->gB = f, f += N * T;
+    w->gC = f, f += N * T;
+    w->y = (float(*)[V])f, f += T * V;
+    w->gu = (float(*)[V])f, f += T * V;
+    w->gdt = (float(*)[V])f;
+    return w;
+}
+
 int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *states) {
     int64_t items = p->batch * n_tiles(p), N = p->n_state, L = p->length;
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
     {
-        Chunk *ch = malloc(sizeof(Chunk));
-        float *h = malloc(sizeof(float) * N * V), *A_t = malloc(sizeof(float) * N * V);
-        float(*y_chunk)[V] = malloc(sizeof(float) * T * V);
-        if (!ch || !h || !A_t || !y_chunk) {
+        Workspace *w = workspace_new(N);
+        if (!w) {
 #pragma omp atomic write
             failed = 1;
-        } else {
+        }
+        /* Every thread, or none, must reach the worksharing loop. */
+#pragma omp barrier
+        int stop;
+#pragma omp atomic read
+        stop = failed;
+        if (!stop) {
+            Chunk *ch = &w->chunk;
+            float *h = w->h, *A_t = w->A_t, (*y_chunk)[V] = w->y;
 #pragma omp for schedule(dynamic)
             for (int64_t item = 0; item < items; item++) {
                 for (int64_t k = 0; k < p->groups; k++) {
@@ -345,10 +383,7 @@ int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *
                 }
             }
         }
-        free(ch);
-        free(h);
-        free(A_t);
-        free(y_chunk);
+        free(w);
     }
     return failed ? -1 : 0;
 }
@@ -359,19 +394,21 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
     {
-        Chunk *ch = malloc(sizeof(Chunk));
-        float *h = malloc(sizeof(float) * N * V), *start = malloc(sizeof(float) * N * V);
-        float *A_t = malloc(sizeof(float) * N * V);
-        float *carry = malloc(sizeof(float) * N * V), *gA = malloc(sizeof(float) * N * V);
-        float *a_buf = malloc(sizeof(float) * T * N * V), *h_buf = malloc(sizeof(float) * T * N * V);
-        float *gB = malloc(sizeof(float) * N * T), *gC = malloc(sizeof(float) * N * T);
-        float(*gy)[V] = malloc(sizeof(float) * T * V), (*gu)[V] = malloc(sizeof(float) * T * V);
-        float(*gdt)[V] = malloc(sizeof(float) * T * V);
-        if (!ch || !h || !start || !A_t || !carry || !gA || !a_buf || !h_buf || !gB || !gC || !gy || !gu
-            || !gdt) {
+        Workspace *w = workspace_new(N);
+        if (!w) {
 #pragma omp atomic write
             failed = 1;
-        } else {
+        }
+        /* Every thread, or none, must reach the worksharing loop. */
+#pragma omp barrier
+        int stop;
+#pragma omp atomic read
+        stop = failed;
+        if (!stop) {
+            Chunk *ch = &w->chunk;
+            float *h = w->h, *start = w->start, *A_t = w->A_t, *carry = w->carry, *gA = w->gA;
+            float *a_buf = w->a_buf, *h_buf = w->h_buf, *gB = w->gB, *gC = w->gC;
+            float(*gy)[V] = w->y, (*gu)[V] = w->gu, (*gdt)[V] = w->gdt;
 #pragma omp for schedule(dynamic)
             for (int64_t item = 0; item < items; item++) {
                 for (int64_t k = 0; k < p->groups; k++) {
@@ -454,19 +491,7 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                 }
             }
         }
-        free(ch);
-        free(h);
-        free(start);
-        free(A_t);
-        free(carry);
-        free(gA);
-        free(a_buf);
-        free(h_buf);
-        free(gB);
-        free(gC);
-        free(gy);
-        free(gu);
-        free(gdt);
+        free(w);
     }
     return failed ? -1 : 0;
 }
