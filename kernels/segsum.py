@@ -1,18 +1,18 @@
 """Selective scan in plain, static PyTorch: exact, traceable and exportable (ONNX).
 
 The recurrence ``h_t = a_t h_{t-1} + b_t`` (``a_t = exp(dA_t)``) is solved in blocks of
-``BLOCK`` steps with the segment-sum form: inside a block,
-``h_t = sum_{s <= t} exp(S_t - S_s) b_s`` with ``S = cumsum(dA)``, a masked
-``BLOCK x BLOCK`` matrix per channel. Only ``s <= t`` is kept (the others are set to
-``-inf`` before the exponential), so every exponent is the log of a true product of decays:
-nothing overflows that the exact result does not, whatever the sign of ``delta * A``, and
-nothing is clamped or approximated. The states entering each block follow from the same
-recurrence one level up (the block-end states with the blocks' total decays), applied
-recursively, so the whole scan is ``O(L * BLOCK)`` work in ``log_BLOCK(L)`` levels of
-cumsum, exp, masked matmul and padding: standard operators with shapes fixed by ``L``.
+``BLOCK`` steps. Inside a block it runs as written, step by step, unrolled: ``BLOCK``
+multiply-adds over all blocks of all channels at once, with the arithmetic of the
+sequential reference, so nothing overflows or underflows that the exact result does not,
+whatever the sign of ``delta * A``, and nothing is clamped or approximated. The states
+entering each block follow from the same recurrence one level up (the block-end states with
+the blocks' total decays ``exp(sum dA)``), applied recursively, so the whole scan is
+``O(L)`` work with one exponential per step, in ``log_BLOCK(L)`` levels of slicing,
+multiply-adds, cumsum, exp and padding: standard operators with shapes fixed by ``L``.
 
-It is slower than the chunked backend and uses ``BLOCK`` times the memory of its inputs;
-it is what ``torch.onnx.export`` and other tracers are given (``backend='segsum'``).
+It is what ``torch.onnx.export`` and other tracers are given (``backend='segsum'``, named
+after the segment sums of the first version of this form); on CPUs in eager mode the C and
+chunked backends are faster.
 """
 from typing import Optional
 
@@ -32,15 +32,13 @@ def linear_recurrence(dA: Tensor, b: Tensor, block: int = BLOCK) -> Tensor:
     # Padding steps have dA = 0 (decay 1) and b = 0: they carry the state unchanged.
     dA = F.pad(dA, (0, pad)).unflatten(-1, (-1, block))
     b = F.pad(b, (0, pad)).unflatten(-1, (-1, block))
-    S = dA.cumsum(-1)  # (..., blocks, T)
-    # seg[t, s] = dA_{s+1} + ... + dA_t summed directly, not as S_t - S_s: no cancellation
-    # between large prefix sums when the decays are steep.
-    ones = torch.ones(block, block, dtype=torch.bool, device=dA.device)
-    steps = dA[..., :, None].expand(*dA.shape, block)  # [r, s] -> dA_r
-    seg = steps.masked_fill(~ones.tril(-1), 0).cumsum(-2)  # [t, s] -> sum_{s < r <= t} dA_r
-    decay = seg.masked_fill(~ones.tril(), float('-inf')).exp()
-    h = (decay @ b[..., None]).squeeze(-1)  # each block started from zero
+    decay = dA.exp()
+    states = [b[..., 0]]  # each block started from zero
+    for step in range(1, block):
+        states.append(decay[..., step] * states[-1] + b[..., step])
+    h = torch.stack(states, -1)
     if h.shape[-2] > 1:
+        S = dA.cumsum(-1)  # log of the decay from each block's start, no differences taken
         ends = linear_recurrence(S[..., -1], h[..., -1], block)  # true state at block ends
         carry = F.pad(ends[..., :-1], (1, 0))  # state entering each block
         h = h + S.exp() * carry[..., None]
