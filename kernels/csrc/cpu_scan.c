@@ -340,22 +340,33 @@ static Workspace *workspace_new(int64_t N) {
     return w;
 }
 
+/* Each thread's workspace, or NULL in every thread of the team if any allocation failed
+ * (then *failed is set): every thread, or none, must reach a worksharing loop. Called by
+ * all threads of a parallel region. */
+static Workspace *team_workspace(int64_t N, int *failed) {
+    Workspace *w = workspace_new(N);
+    if (!w) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+#pragma omp barrier
+    int stop;
+#pragma omp atomic read
+    stop = *failed;
+    if (stop) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
 int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *states) {
     int64_t items = p->batch * n_tiles(p), N = p->n_state, L = p->length;
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
     {
-        Workspace *w = workspace_new(N);
-        if (!w) {
-#pragma omp atomic write
-            failed = 1;
-        }
-        /* Every thread, or none, must reach the worksharing loop. */
-#pragma omp barrier
-        int stop;
-#pragma omp atomic read
-        stop = failed;
-        if (!stop) {
+        Workspace *w = team_workspace(N, &failed);
+        if (w) {
             Chunk *ch = &w->chunk;
             float *h = w->h, *A_t = w->A_t, (*y_chunk)[V] = w->y;
 #pragma omp for schedule(dynamic)
@@ -394,17 +405,8 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
     {
-        Workspace *w = workspace_new(N);
-        if (!w) {
-#pragma omp atomic write
-            failed = 1;
-        }
-        /* Every thread, or none, must reach the worksharing loop. */
-#pragma omp barrier
-        int stop;
-#pragma omp atomic read
-        stop = failed;
-        if (!stop) {
+        Workspace *w = team_workspace(N, &failed);
+        if (w) {
             Chunk *ch = &w->chunk;
             float *h = w->h, *start = w->start, *A_t = w->A_t, *carry = w->carry, *gA = w->gA;
             float *a_buf = w->a_buf, *h_buf = w->h_buf, *gB = w->gB, *gC = w->gC;
