@@ -1,7 +1,7 @@
 """Selective-scan kernels for QuadMamba, installed as ``quadmamba_kernels``.
 
-``selective_scan`` is the entry point; backends (``reference``, ``chunked``, ``triton``,
-``segsum``) share the mamba signature and are picked by name or by ``'auto'``. The scan
+``selective_scan`` is the entry point; backends (``reference``, ``cpu``, ``chunked``,
+``triton``, ``segsum``) share the mamba signature and are picked by name or by ``'auto'``. The scan
 runs as the custom op ``torch.ops.quadmamba.selective_scan``.
 """
 from .backends import (ScanBackend, available_backends, get_backend, register_backend,

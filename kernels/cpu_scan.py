@@ -35,8 +35,8 @@ from torch import Tensor
 from .layout import empty_in_layout_of
 
 SOURCE = Path(__file__).with_name('csrc') / 'cpu_scan.c'
-TILE_CHANNELS = 16  # V in cpu_scan.c
-CHUNK = 64  # T in cpu_scan.c
+TILE_CHANNELS = 16  # V in cpu_scan.c: one AVX-512 vector of fp32
+CHUNK = 64  # T in cpu_scan.c: scan steps between saved states
 
 # Vector flags per PyTorch CPU capability: the ISA ATen's own kernels use on this machine.
 ISA_FLAGS = {
@@ -44,7 +44,8 @@ ISA_FLAGS = {
                '-mprefer-vector-width=512'],
     'AVX2': ['-mavx2', '-mfma'],
 }
-BASE_FLAGS = ['-O3', '-shared', '-fPIC', '-fno-trapping-math', '-std=gnu99']
+BASE_FLAGS = ['-O3', '-shared', '-fPIC', '-fno-trapping-math', '-std=gnu99',
+              f'-DV={TILE_CHANNELS}', f'-DT={CHUNK}']
 
 
 class _RowStrides(ctypes.Structure):
@@ -122,14 +123,15 @@ class _Library:
         compiler = shlex.split(os.environ.get('CC') or 'cc')  # CC may be 'ccache gcc'
         if not compiler:
             compiler = ['cc']
-        flags = BASE_FLAGS + ISA_FLAGS.get(_capability(), [])
+        capability = _capability()
+        flags = BASE_FLAGS + ISA_FLAGS.get(capability, [])
+        build = [SOURCE.read_text(), *compiler, _compiler_version(compiler), *flags]
         errors = []
         # OpenMP for threads where the compiler has it; else one thread per call (keeping
         # the vector loops where the compiler knows their pragmas).
         for extra in (['-fopenmp'], ['-fopenmp-simd'], []):
-            key = hashlib.sha256('\0'.join([SOURCE.read_text(), *compiler, *flags, *extra,
-                                            _compiler_version(compiler)]).encode()).hexdigest()
-            target = _cache_dir() / f'cpu_scan_{_capability().lower()}_{key[:16]}.so'
+            key = hashlib.sha256('\0'.join(build + extra).encode()).hexdigest()
+            target = _cache_dir() / f'cpu_scan_{capability.lower()}_{key[:16]}.so'
             error = None if target.exists() else _compile(compiler, flags + extra, target)
             if error is None:
                 try:
@@ -187,8 +189,8 @@ def _strides(t: Tensor, kind=_RowStrides):
 
 
 def _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_index):
-    """The kernel's argument block, and the fp32 contiguous tensors it points into (they
-    must outlive the call)."""
+    """The kernel's argument block, and the fp32 tensors it points into (they must outlive
+    the call): u, delta, B and C with their strides, A, D and delta_bias contiguous."""
     if delta.device.type != 'cpu':
         raise ValueError(f'the cpu scan backend runs on CPU tensors, got {delta.device}')
     if LIBRARY.load() is None:
@@ -260,9 +262,9 @@ def selective_scan_cpu_backward(grad_y: Tensor,
     problem, keep = _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
                              order_index)
     grad_y, states = _fp32(grad_y), states.float().contiguous()
-    batch, channels, length = delta.shape
-    groups, n_state = B.shape[1], B.shape[2]
-    tiles = -(-(channels // groups) // TILE_CHANNELS)
+    batch, groups, n_state = problem.batch, problem.groups, problem.n_state
+    length, channels = problem.length, groups * problem.dim
+    tiles = -(-problem.dim // TILE_CHANNELS)
     du, ddelta = empty_in_layout_of(keep[0]), empty_in_layout_of(keep[1])
     dB = torch.empty(batch, groups, tiles, n_state, length)
     dC = torch.empty_like(dB)

@@ -27,8 +27,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define V 16 /* channels per tile: one AVX-512 vector, two AVX2 ones */
-#define T 64 /* scan steps per chunk */
+/* V: channels per tile (16: one AVX-512 vector, two AVX2 ones); T: scan steps per chunk.
+ * Both come from the build (cpu_scan.py), which also sizes the buffers it passes in. */
+#if !defined(V) || !defined(T)
+#error "build with -DV=<channels per tile> -DT=<steps per chunk>"
+#endif
 #define AHEAD 16 /* steps between a prefetch and the load it serves */
 
 /* Strides in elements of a (batch, channels, L) tensor and of a (batch, K, N, L) one. */
@@ -141,6 +144,7 @@ typedef struct {
     int64_t row;            /* b*K*D + k*D + c0: its row in the states, dA, dD */
     int64_t map_channel;    /* its first channel in u, y, grad_y, du: c0 with orders */
     const int32_t *order;   /* the L positions of direction k, or NULL */
+    const float *B, *C;     /* B and C of sample b, direction k */
 } Tile;
 
 static Tile tile_at(const ScanProblem *p, int64_t item, int64_t k) {
@@ -153,6 +157,8 @@ static Tile tile_at(const ScanProblem *p, int64_t item, int64_t k) {
     t.channel = k * p->dim + t.c0;
     t.row = t.b * p->groups * p->dim + t.channel;
     t.map_channel = p->orders ? t.c0 : t.channel;
+    t.B = p->B + t.b * p->stride_B.batch + k * p->stride_B.dir;
+    t.C = p->C + t.b * p->stride_C.batch + k * p->stride_C.dir;
     t.order = NULL;
     if (p->orders) {
         int64_t g = p->order_index ? p->order_index[t.b] : 0;
@@ -266,13 +272,11 @@ static void run_chunk(const ScanProblem *p, const Tile *t, const Chunk *ch, int6
                       const float *A_t, float *h, float *a_buf, float *h_buf, float y_out[][V]) {
     int64_t N = p->n_state;
     StateStrides sB = p->stride_B, sC = p->stride_C;
-    const float *B = p->B + t->b * sB.batch + t->k * sB.dir;
-    const float *C = p->C + t->b * sC.batch + t->k * sC.dir;
     for (int64_t i = 0; i < nt; i++) {
         float y[V] = {0};
         for (int64_t n = 0; n < N; n++) {
-            float b_in = B[n * sB.state + ch->pos[i] * sB.pos];
-            float c_out = C[n * sC.state + ch->pos[i] * sC.pos];
+            float b_in = t->B[n * sB.state + ch->pos[i] * sB.pos];
+            float c_out = t->C[n * sC.state + ch->pos[i] * sC.pos];
             float *hn = h + n * V;
             const float *An = A_t + n * V;
 #pragma omp simd
@@ -417,8 +421,6 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                     Tile t = tile_at(p, item, k);
                     int64_t shared = ((t.b * p->groups + k) * tiles + t.c0 / V) * N * L;
                     StateStrides sB = p->stride_B, sC = p->stride_C;
-                    const float *B = p->B + t.b * sB.batch + k * sB.dir;
-                    const float *C = p->C + t.b * sC.batch + k * sC.dir;
                     load_A(p, &t, A_t);
                     memset(carry, 0, sizeof(float) * N * V);
                     memset(gA, 0, sizeof(float) * N * V);
@@ -438,8 +440,8 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                         memset(gdt, 0, sizeof(float) * T * V);
                         for (int64_t i = nt - 1; i >= 0; i--) {
                             for (int64_t n = 0; n < N; n++) {
-                                float b_in = B[n * sB.state + ch->pos[i] * sB.pos];
-                                float c_out = C[n * sC.state + ch->pos[i] * sC.pos];
+                                float b_in = t.B[n * sB.state + ch->pos[i] * sB.pos];
+                                float c_out = t.C[n * sC.state + ch->pos[i] * sC.pos];
                                 const float *prev = i ? h_buf + ((i - 1) * N + n) * V
                                                       : start + n * V;
                                 const float *now = h_buf + (i * N + n) * V;
