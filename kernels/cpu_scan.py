@@ -170,6 +170,9 @@ def _compiler_version(compiler: List[str]) -> str:
 LIBRARY = _Library()
 
 
+# A constant to torch.compile and torch.export: a graph traced before the first build calls
+# it at trace time instead of tracing the build.
+@torch.compiler.assume_constant_result
 def available() -> bool:
     """Whether the fused kernel is built (building it if not tried yet)."""
     return LIBRARY.load() is not None

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from quadmamba_kernels import cpu_scan
+from quadmamba_mm.models import token_orders
 from tiny import tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +28,11 @@ def outputs_and_grads(model, x, training):
 
 
 @pytest.mark.parametrize('training', [False, True])
-def test_no_graph_break(training):
-    """Learned quadtree windows (Gumbel straight-through in training), shifts, cross scans."""
+def test_no_graph_break(training, monkeypatch):
+    """Learned quadtree windows (Gumbel straight-through in training), shifts, cross scans;
+    traced as in a new process: the C scan not loaded yet, no order table cached."""
+    monkeypatch.setattr(cpu_scan, 'LIBRARY', cpu_scan._Library())
+    monkeypatch.setattr(token_orders, '_TABLES', {})
     torch._dynamo.reset()
     model = tiny().train(training)
     explained = torch._dynamo.explain(model)(torch.randn(2, 3, 67, 45))
