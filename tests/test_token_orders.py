@@ -1,11 +1,13 @@
-"""Scan orders are true permutations, and the quadtree gather's masking gradient is right."""
+"""Scan orders are true permutations, and the window choice's masking gradient is right."""
 import pytest
 import torch
 
-from quadmamba_mm.models.quadtree import choose_window, quadtree_gather, window_scores
+from quadmamba_mm.models.quadtree import choose_window, window_scores, with_choice_gradient
 from quadmamba_mm.models.token_orders import (coarse_window_ids, cross_scan_orders,
                                               cross_scan_orders_of, gather_sequences,
-                                              merge_sequences, quadtree_orders, split_bounds)
+                                              merge_sequences, quadtree_orders,
+                                              quadtree_relabelings, quadtree_scan_orders,
+                                              split_bounds)
 
 SIZES = [(8, 8), (56, 56), (7, 9), (13, 10), (5, 4)]
 
@@ -89,26 +91,46 @@ def test_too_small_map_is_refused():
         quadtree_orders(3, 8)
 
 
-def test_quadtree_gather_forward_and_masking_gradient():
-    """Value: the chosen order's sequences. Gradient: that of sum_g m_g * gather_g."""
+@pytest.mark.parametrize('grid, split, shift', [(2, 2, None), (2, 2, (1, -2)), (3, 2, (-1, 1))])
+def test_choice_gradient_is_the_sequence_masking_gradient(grid, split, shift):
+    """Scanning the map in the chosen order through with_choice_gradient gives x and the
+    choice the gradients of scanning sum_g m_g * gather(x, order_g)."""
     torch.manual_seed(0)
     height, width = 7, 6
-    orders, inverses = quadtree_orders(height, width)
+    orders = quadtree_scan_orders(height, width, grid, split, shift)
+    relabel = quadtree_relabelings(height, width, grid, split, shift)
     x = torch.randn(3, 4, height * width, requires_grad=True)
-    logits = torch.randn(3, 4, requires_grad=True)
+    logits = torch.randn(3, grid * grid, requires_grad=True)
     choice = choose_window(logits, training=True)
-    out = quadtree_gather(x, choice, orders, inverses)
     picked = choice.argmax(-1)
-    torch.testing.assert_close(out, gather_sequences(x, orders[picked]))
-
-    grad = torch.randn_like(out)
-    gx, gl = torch.autograd.grad(out, [x, logits], grad, retain_graph=True)
-    explicit = sum(choice[:, g, None, None, None] * gather_sequences(x, orders[g:g + 1])
-                   for g in range(4))
+    gated = with_choice_gradient(x, choice, relabel)
+    torch.testing.assert_close(gated, x, rtol=0, atol=0)
+    scanned = orders.to_scan_order(gated[:, None], picked)
+    grad = torch.randn_like(scanned)  # any gradient with respect to the sequences
+    gx, gl = torch.autograd.grad(scanned, [x, logits], grad, retain_graph=True)
+    explicit = sum(choice[:, g, None, None, None] * gather_sequences(x, orders.orders[g:g + 1])
+                   for g in range(grid * grid))
     ex, el = torch.autograd.grad(explicit, [x, logits], grad)
     torch.testing.assert_close(gx, ex)
     torch.testing.assert_close(gl, el)
     assert gl.abs().sum() > 0
+
+
+def test_choice_gradient_from_a_channel_last_map():
+    """The backbone's map is a channel-last view; the gradient does not depend on it."""
+    torch.manual_seed(0)
+    relabel = quadtree_relabelings(8, 8, 2, 2)
+    rows = torch.randn(2, 64, 5)
+    x = rows.transpose(1, 2).requires_grad_()
+    x_first = x.detach().contiguous().requires_grad_()
+    logits = torch.randn(2, 4, requires_grad=True)
+    choice = choose_window(logits, training=True)
+    grad = torch.randn(2, 5, 64)
+    grads = [
+        torch.autograd.grad(with_choice_gradient(t, choice, relabel), [logits], grad,
+                            retain_graph=True)[0] for t in (x, x_first)
+    ]
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_window_scores_are_window_means():

@@ -166,8 +166,9 @@ class SS2D(nn.Module):
         choice = self.window_choice(x, shift) if self.scan == 'quadtree' else None
         in_place = self.pattern.map_orders(choice, height, width, shift, x.device)
         if in_place is not None:  # the kernels read the map through the orders
-            (orders, order_index), source, merge = in_place, flat, None
-        else:  # sequences gathered here (a gradient to the window choice needs them)
+            (orders, order_index), merge = in_place, None
+            source = self.pattern.scanned_map(flat, choice, height, width, shift)
+        else:  # sequences gathered here (the released code's layout)
             orders = order_index = None
             source, merge = self.pattern.sequences(flat, choice, height, width, shift)
         y = self.selective_scan(source, self.x_proj_weight, self.dt_projs_weight,

@@ -3,18 +3,16 @@
 A per-block :class:`LocalityPredictor` scores every token; a coarse window's score is the
 mean of its tokens' scores; one window is chosen per sample (hard Gumbel-Softmax with a
 straight-through gradient in training, argmax in eval) and refined into fine windows.
-:func:`quadtree_gather` then builds the chosen sequences. Its backward is the paper's
-differentiable sequence masking: the sequence is ``sum_g m_g * gather(x, order_g)`` with
-the one-hot ``m``, so ``m`` (and through it the predictor) receives
-``<grad, gather(x, order_g)>`` for every candidate ``g``.
+The scan then reads the map in the chosen order; :func:`with_choice_gradient` gives the
+choice the gradient of the paper's differentiable sequence masking (the sequence is
+``sum_g m_g * gather(x, order_g)`` with the one-hot ``m``), computed from the map.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .token_orders import (coarse_window_ids, gather_sequences, merge_sequences, quadtree_orders,
-                           window_members)
+from .token_orders import coarse_window_ids, quadtree_orders, window_members
 
 SCAN_LAYOUTS = ('quadtree', 'upstream')
 
@@ -56,43 +54,47 @@ def choose_window(scores: Tensor, training: bool, tau: float = 1.0) -> Tensor:
     return F.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)
 
 
-class _QuadtreeGather(torch.autograd.Function):
+class _ChoiceGradient(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x: Tensor, choice: Tensor, orders: Tensor, inverses: Tensor) -> Tensor:
-        picked = choice.argmax(-1)
-        ctx.save_for_backward(x, picked, orders, inverses)
-        return gather_sequences(x, orders[picked])
+    def forward(ctx, x: Tensor, choice: Tensor, relabel: Tensor) -> Tensor:
+        ctx.save_for_backward(x, choice.argmax(-1), relabel)
+        return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, picked, orders, inverses = ctx.saved_tensors
-        grad_x = grad_choice = None
-        if ctx.needs_input_grad[0]:
-            grad_x = merge_sequences(grad, inverses[picked])
+        x, picked, relabel = ctx.saved_tensors
+        grad_choice = None
         if ctx.needs_input_grad[1]:
-            # <grad, gather_g> per sample as a batched dot product: no product tensor.
-            flat_grad = grad.flatten(1)[:, None, :]
+            # Token rows (B, L, D): a view of a channel-last map, so a relabeling moves
+            # whole rows. <x, grad relabelled> per sample as a batched dot product.
+            batch, dim, length = x.shape
+            rows, grad_rows = x.transpose(1, 2), grad.to(x.dtype).transpose(1, 2)
+            samples = torch.arange(batch, device=x.device)[:, None]
+            flat_x = rows.reshape(batch, 1, length * dim)
             grad_choice = torch.cat([
-                torch.bmm(flat_grad, gather_sequences(x, orders[g:g + 1]).flatten(1)[:, :, None])
-                for g in range(orders.shape[0])
+                torch.bmm(flat_x, grad_rows[samples, relabel[picked, g]].reshape(batch, -1, 1))
+                for g in range(relabel.shape[1])
             ], dim=1).flatten(1).float()
-        return grad_x, grad_choice, None, None
+        return grad, grad_choice, None
 
 
-def quadtree_gather(x: Tensor, choice: Tensor, orders: Tensor, inverses: Tensor) -> Tensor:
-    """Sequences of the chosen quadtree orders.
+def with_choice_gradient(x: Tensor, choice: Tensor, relabel: Tensor) -> Tensor:
+    """``x`` itself, with the straight-through gradient to the window choice attached.
+
+    The scan reads ``x`` in the chosen candidate's orders. As the paper's sequence masking,
+    that is scanning ``sum_g m_g * gather(x, order_g)`` with the one-hot ``m = choice``, so
+    ``m_g`` receives ``<dL/dsequences, gather(x, order_g)>``. With ``dL/dx`` the scan's
+    gradient in map order, this is ``sum_p <x_p, dL/dx_{relabel[picked, g, p]}>``: no
+    sequence is ever gathered, and the scan can read the map in place in training too.
 
     Args:
-        x: ``(B, D, L)`` token map, row-major.
-        choice: ``(B, G)`` one-hot window choice (gradient flows to it in training).
-        orders, inverses: ``(G, K, L)`` candidate orders, from
-            :func:`~quadmamba_mm.models.token_orders.quadtree_orders`.
-
-    Returns:
-        ``(B, K, D, L)``; the order of sample b is ``orders[choice[b].argmax()]``.
+        x: ``(B, D, L)`` token map, as the scan reads it (and nothing else does).
+        choice: ``(B, G)`` one-hot window choice.
+        relabel: ``(G, G, L)`` from
+            :func:`~quadmamba_mm.models.token_orders.quadtree_relabelings`.
     """
-    return _QuadtreeGather.apply(x, choice, orders, inverses)
+    return _ChoiceGradient.apply(x, choice, relabel)
 
 
 def check_scan_layout(scan_layout: str, grid: int, split: int) -> None:

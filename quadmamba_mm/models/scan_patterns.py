@@ -1,9 +1,10 @@
 """Scan patterns: what an :class:`~.quadmamba.SS2D` block scans, as small objects.
 
-Each pattern knows its orders (for a scan that reads them in place, through
-:func:`quadmamba_kernels.selective_scan`) and, where the scan must run on gathered
-sequences (a gradient to the window choice, the released code's layout), its sequences
-and their merge. The block's shift is folded into the orders (see :mod:`.token_orders`).
+Each pattern knows its orders, which the scan reads in place (through
+:func:`quadmamba_kernels.selective_scan`), and the map it reads (with the gradient to a
+learned window choice attached); the released code's layout, which is not a permutation,
+knows its gathered sequences and their merge instead. The block's shift is folded into the
+orders (see :mod:`.token_orders`).
 """
 from typing import Callable, Optional, Tuple
 
@@ -12,8 +13,9 @@ from torch import Tensor
 
 from quadmamba_kernels import ScanOrders
 
-from .quadtree import quadtree_gather, upstream_quadtree_sequences
-from .token_orders import Shift, cross_scan_orders_of, merge_sequences, quadtree_scan_orders
+from .quadtree import upstream_quadtree_sequences, with_choice_gradient
+from .token_orders import (Shift, cross_scan_orders_of, quadtree_relabelings,
+                           quadtree_scan_orders)
 
 Merge = Callable[[Tensor], Tensor]
 
@@ -33,12 +35,17 @@ class ScanPattern:
         run on :meth:`sequences`."""
         raise NotImplementedError
 
+    def scanned_map(self, flat: Tensor, choice: Optional[Tensor], height: int, width: int,
+                    shift: Shift) -> Tensor:
+        """The ``(B, D, L)`` map the scan reads in place: ``flat``, with the gradient to the
+        window choice attached where the choice learns."""
+        return flat
+
     def sequences(self, flat: Tensor, choice: Optional[Tensor], height: int, width: int,
                   shift: Shift) -> Tuple[Tensor, Merge]:
-        """The K sequences ``(B, K, D, L)`` of the map and the function that merges the
-        K scan outputs back into one ``(B, D, L)`` map."""
-        orders, index = self.map_orders(choice, height, width, shift, flat.device)
-        return orders.to_scan_order(flat[:, None], index), lambda y: orders.to_map_order(y, index)
+        """For a pattern with no map orders: the K sequences ``(B, K, D, L)`` of the map and
+        the function that merges the K scan outputs back into one ``(B, D, L)`` map."""
+        raise NotImplementedError
 
     def scored(self, token_scores: Tensor, shift: Shift) -> Tensor:
         """The ``(B, H, W)`` token scores as the windows see them (after the shift)."""
@@ -60,9 +67,9 @@ class QuadtreeScan(ScanPattern):
     coarse windows, the chosen one split ``split x split``.
 
     The per-sample choice picks one of the ``grid**2`` cached candidate orders by index, so
-    the scan reads them in place without a sync. When the choice needs its straight-through
-    gradient (learned windows in training), the sequences are gathered instead: the
-    gradient to the choice comes from them.
+    the scan reads them in place without a sync, in training too: the straight-through
+    gradient of a learned choice is computed from the map's gradient
+    (:func:`~.quadtree.with_choice_gradient`).
     """
     directions = 2
 
@@ -73,15 +80,13 @@ class QuadtreeScan(ScanPattern):
         return quadtree_scan_orders(height, width, self.grid, self.split, shift, device)
 
     def map_orders(self, choice, height, width, shift, device):
-        if choice.requires_grad:
-            return None
         return self._orders(height, width, shift, device), choice.argmax(-1)
 
-    def sequences(self, flat, choice, height, width, shift):
-        orders = self._orders(height, width, shift, flat.device)
-        inverse = orders.select(choice.argmax(-1), inverse=True)
-        return (quadtree_gather(flat, choice, orders.orders, orders.inverses),
-                lambda y: merge_sequences(y, inverse))
+    def scanned_map(self, flat, choice, height, width, shift):
+        if not choice.requires_grad:
+            return flat
+        relabel = quadtree_relabelings(height, width, self.grid, self.split, shift, flat.device)
+        return with_choice_gradient(flat, choice, relabel)
 
 
 class UpstreamQuadtreeScan(QuadtreeScan):

@@ -209,6 +209,33 @@ def _quadtree_scan_tables(height: int, width: int, grid: int, split: int,
     return _checked(shifted(_quadtree_orders(height, width, grid, split), height, width, shift))
 
 
+def _quadtree_relabelings(height: int, width: int, grid: int, split: int,
+                          shift: Shift) -> Tensor:
+    orders, inverses = _quadtree_scan_tables(height, width, grid, split, shift)
+    candidates, directions, length = orders.shape
+    # relabel[w, g, k, p] = orders[w, k, inverses[g, k, p]]
+    relabel = orders[:, None].expand(candidates, candidates, directions, length).gather(
+        -1, inverses[None].expand(candidates, candidates, directions, length))
+    # Checked once per cached table (a sync); not while torch.compile traces.
+    if not torch.compiler.is_compiling() and not bool((relabel == relabel[:, :, :1]).all()):
+        raise ValueError('the quadtree directions must visit the tokens of every candidate '
+                         'in one order (forward and reversed) to pass the window choice its '
+                         'gradient through the map')
+    return relabel[:, :, 0].contiguous()
+
+
+def quadtree_relabelings(height: int, width: int, grid: int, split: int, shift: Shift = None,
+                         device=None) -> Tensor:
+    """``(g*g, g*g, H*W)`` token relabelings between the quadtree candidates: entry
+    ``[w, g, p]`` is the token that sits, in candidate ``w``'s sequences, where token ``p``
+    sits in candidate ``g``'s. Every direction gives the same relabeling (checked), which is
+    what lets :func:`~.quadtree.with_choice_gradient` work from the map's gradient alone.
+    Built once per size and cached."""
+    check_quadtree_size(height, width, grid, split)
+    shift = None if shift is None else tuple(shift)
+    return _cached(_quadtree_relabelings, height, width, grid, split, shift, device=device)
+
+
 def cross_scan_orders_of(height: int, width: int, shift: Shift = None,
                          device=None) -> ScanOrders:
     """The cross scan of an ``H x W`` map rolled by ``shift``, checked once and cached."""
