@@ -66,16 +66,19 @@ class _ChoiceGradient(torch.autograd.Function):
         x, picked, relabel = ctx.saved_tensors
         grad_choice = None
         if ctx.needs_input_grad[1]:
-            # Token rows (B, L, D): a view of a channel-last map, so a relabeling moves
-            # whole rows. <x, grad relabelled> per sample as a batched dot product.
+            # Token rows (B*L, D): a view of a channel-last map, so a relabeling moves whole
+            # rows (index_select); then <x, relabelled grad> per sample. Both several times
+            # faster on CPUs than advanced indexing and a batched (1 x n) @ (n x 1) matmul.
             batch, dim, length = x.shape
-            rows, grad_rows = x.transpose(1, 2), grad.to(x.dtype).transpose(1, 2)
-            samples = torch.arange(batch, device=x.device)[:, None]
-            flat_x = rows.reshape(batch, 1, length * dim)
-            grad_choice = torch.cat([
-                torch.bmm(flat_x, grad_rows[samples, relabel[picked, g]].reshape(batch, -1, 1))
-                for g in range(relabel.shape[1])
-            ], dim=1).flatten(1).float()
+            flat_x = x.transpose(1, 2).reshape(batch, length * dim)
+            grad_rows = grad.to(x.dtype).transpose(1, 2).reshape(batch * length, dim)
+            offsets = torch.arange(batch, device=x.device)[:, None] * length
+            grad_choice = torch.stack([
+                torch.linalg.vecdot(
+                    flat_x,
+                    grad_rows.index_select(0, (relabel[picked, g] + offsets).flatten()).view(
+                        batch, length * dim)) for g in range(relabel.shape[1])
+            ], dim=1).float()
         return grad, grad_choice, None
 
 
