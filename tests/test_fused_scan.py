@@ -213,6 +213,29 @@ def test_without_a_compiler_auto_falls_back_to_chunked(tmp_path):
     assert 'no-such-compiler' in done.stderr
 
 
+def test_c_kernel_step_size_is_softplus_to_a_few_ulp():
+    """One step from a zero state with u = B = C = 1 and no D: y = softplus(z) and
+    dy/d(delta) = sigmoid(z) (the C kernel's own exp and log(1 + t) polynomials), against
+    float64 over z in [-110, 110] (subnormal results included), and inf/nan at the edges."""
+    if 'cpu' not in available_backends('cpu'):
+        pytest.skip('the C kernel could not be built')
+    z = torch.cat([torch.linspace(-110, 110, 4001), torch.tensor([0., -0., 1e-30, -1e-30])])
+    channels = z.numel()
+    delta = z.view(1, channels, 1).clone().requires_grad_()
+    ones = torch.ones(1, 1, 1, 1)
+    y = selective_scan(torch.ones(1, channels, 1), delta, -torch.ones(channels, 1), ones, ones,
+                       None, None, True, backend='cpu')
+    y.sum().backward()
+    exact = torch.nn.functional.softplus(z.double(), threshold=1000)
+    torch.testing.assert_close(y.flatten().double(), exact, rtol=4e-7, atol=1e-44)
+    torch.testing.assert_close(delta.grad.flatten().double(), torch.sigmoid(z.double()),
+                               rtol=4e-7, atol=1e-44)
+    edges = torch.tensor([float('inf'), -float('inf'), float('nan')]).view(1, 3, 1)
+    y = selective_scan(torch.ones(1, 3, 1), edges, -torch.ones(3, 1), ones, ones, None, None,
+                       True, backend='cpu')
+    assert y[0, 0, 0] == float('inf') and y[0, 1, 0] == 0 and y[0, 2, 0].isnan()
+
+
 def test_c_kernel_results_do_not_depend_on_the_thread_count():
     """Per-sample and per-tile partial gradients, summed afterwards: bitwise the same with
     one thread or two."""

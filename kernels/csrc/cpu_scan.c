@@ -13,9 +13,9 @@
  * the K directions and, inside each, the sequence in chunks of T steps. A chunk's inputs
  * are loaded transposed, (step, channel), so that every elementwise step and the
  * recurrence itself run as V-lane vector loops over channels: plain C that compilers
- * vectorise for SSE, AVX2, AVX-512 or NEON alike. exp and log are written out below
- * (polynomials, about 1 ulp), not taken from libm, so that nothing depends on a vector
- * math library. The state is fp32 throughout.
+ * vectorise for SSE, AVX2, AVX-512 or NEON alike. exp and log(1 + t) are written out below
+ * (polynomials, within about 2 ulp), not taken from libm, so that nothing depends on a
+ * vector math library. The state is fp32 throughout.
  *
  * The forward pass keeps the state at each chunk end, (batch, K*D, chunks, N). The
  * backward pass walks the chunks in reverse, recomputes each chunk's states from the one
@@ -67,12 +67,6 @@ static inline float bits_to_float(int32_t bits) {
     return x;
 }
 
-static inline int32_t float_to_bits(float x) {
-    int32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    return bits;
-}
-
 /* exp(x) = 2^n exp(r), |r| <= ln2/2; Cephes' expf polynomial. 2^n is applied in two
  * halves so that results down to the subnormals are right; NaN propagates. */
 static inline float exp_f32(float x) {
@@ -94,42 +88,21 @@ static inline float exp_f32(float x) {
     return x > 88.72f ? bits_to_float(0x7f800000) : p;
 }
 
-/* log(x) for finite x >= 1 (the softplus argument): x = 2^e m, m in [sqrt(1/2), sqrt(2));
- * Cephes' logf polynomial. */
-static inline float log_f32(float x) {
-    int32_t bits = float_to_bits(x);
-    int32_t e = ((bits >> 23) & 0xff) - 127;
-    float m = bits_to_float((bits & 0x7fffff) | 0x3f800000);
-    int32_t big = m > 1.41421356f;
-    m = big ? m * 0.5f : m;
-    float ef = (float)(e + big);
-    float f = m - 1.f;
-    float z = f * f;
-    float y = 7.0376836292e-2f;
-    y = y * f - 1.1514610310e-1f;
-    y = y * f + 1.1676998740e-1f;
-    y = y * f - 1.2420140846e-1f;
-    y = y * f + 1.4249322787e-1f;
-    y = y * f - 1.6668057665e-1f;
-    y = y * f + 2.0000714765e-1f;
-    y = y * f - 2.4999993993e-1f;
-    y = y * f + 3.3333331174e-1f;
-    y = y * f * z;
-    y += ef * -2.12194440e-4f;
-    y += -0.5f * z;
-    return f + y + ef * 0.693359375f;
+/* log(1 + t) for t in [0, 1]: t P(t), P a degree-9 Chebyshev fit of log(1 + t) / t
+ * (within about 2 ulp; no division, no exponent split). */
+static inline float log1p_unit(float t) {
+    float p = -3.2563785e-3f;
+    p = p * t + 1.9907162e-2f;
+    p = p * t - 5.7064202e-2f;
+    p = p * t + 1.0614265e-1f;
+    p = p * t - 1.5311863e-1f;
+    p = p * t + 1.9678117e-1f;
+    p = p * t - 2.4954559e-1f;
+    p = p * t + 3.3330005e-1f;
+    p = p * t - 4.9999905e-1f;
+    p = p * t + 1.f;
+    return p * t;
 }
-
-/* log(1 + e^z) to fp32 rounding, as the PyTorch path computes it (chunked.softplus):
- * w = 1 + e^z is rounded, (e^z - (w - 1)) / w restores what the rounding lost. */
-static inline float softplus_f32(float z) {
-    float e = exp_f32(z > 20.f ? 20.f : z);
-    float w = 1.f + e;
-    float out = log_f32(w) + (e - (w - 1.f)) / w;
-    return out > z ? out : z; /* NaN in z falls through */
-}
-
-static inline float sigmoid_f32(float z) { return 1.f / (1.f + exp_f32(-z)); }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -230,14 +203,18 @@ static void load_channels(const float *values, const Tile *t, float out[V]) {
         for (int64_t c = 0; c < t->nc; c++) out[c] = values[t->channel + c];
 }
 
-/* A chunk's inputs in (step, channel) layout: z = delta_raw + bias, the step size dt
- * (softplus(z) or z), u and dt*u. */
+/* A chunk's inputs in (step, channel) layout: the step size dt (softplus(z) or z, with
+ * z = delta_raw + bias), u, dt*u, and for the backward pass d(dt)/dz (sigmoid(z) or 1). */
 typedef struct {
     int64_t pos[T + AHEAD], known;
-    float z[T][V], dt[T][V], u[T][V], dtu[T][V];
+    float z[T][V], dt[T][V], u[T][V], dtu[T][V], gate[T][V];
 } Chunk;
 
-static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, Chunk *ch) {
+/* softplus(z) = max(z, 0) + log(1 + e^-|z|) and its derivative sigmoid(z) =
+ * (z >= 0 ? 1 : e^-|z|) / (1 + e^-|z|) share one exponential; e^-|z| is in [0, 1], where
+ * log1p_unit holds. Infinities come out right and NaN propagates. */
+static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, int gate,
+                       Chunk *ch) {
     ch->known = positions(t, l0, nt, p->length, ch->pos);
     load_tile(p->delta + row_offset(p->stride_delta, t->b, t->channel), p->stride_delta, ch->pos,
               nt, ch->known, t->nc, ch->z);
@@ -249,8 +226,9 @@ static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t 
 #pragma omp simd
         for (int c = 0; c < V; c++) {
             float z = ch->z[i][c] + bias[c];
-            float dt = p->softplus ? softplus_f32(z) : z;
-            ch->z[i][c] = z;
+            float e = p->softplus ? exp_f32(z < -z ? z : -z) : 0.f;
+            float dt = p->softplus ? (z > 0.f ? z : 0.f) + log1p_unit(e) : z;
+            if (gate) ch->gate[i][c] = p->softplus ? (z >= 0.f ? 1.f : e) / (1.f + e) : 1.f;
             ch->dt[i][c] = dt;
             ch->dtu[i][c] = dt * ch->u[i][c];
         }
@@ -383,7 +361,7 @@ int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *
                     load_channels(p->D, &t, D);
                     for (int64_t chunk = 0; chunk * T < L; chunk++) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
-                        load_chunk(p, &t, l0, nt, ch);
+                        load_chunk(p, &t, l0, nt, 0, ch);
                         run_chunk(p, &t, ch, nt, A_t, h, NULL, NULL, y_chunk);
                         for (int64_t i = 0; i < nt; i++) {
 #pragma omp simd
@@ -428,7 +406,7 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                     load_channels(p->D, &t, D);
                     for (int64_t chunk = n_chunks(p) - 1; chunk >= 0; chunk--) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
-                        load_chunk(p, &t, l0, nt, ch);
+                        load_chunk(p, &t, l0, nt, 1, ch);
                         /* Recompute the chunk's states from the one saved before it;
                          * run_chunk advances h in place, start keeps h_{l0-1}. */
                         load_states(p, &t, chunk - 1, states, start);
@@ -469,8 +447,7 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                             for (int c = 0; c < V; c++) {
                                 gu[i][c] += gy[i][c] * D[c];
                                 gD[c] += gy[i][c] * ch->u[i][c];
-                                float gz = p->softplus ? gdt[i][c] * sigmoid_f32(ch->z[i][c])
-                                                       : gdt[i][c];
+                                float gz = gdt[i][c] * ch->gate[i][c];
                                 gdt[i][c] = gz;
                                 gbias[c] += gz;
                             }
