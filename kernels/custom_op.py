@@ -100,8 +100,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y, _grad_saved):
     u, delta, A, B, C, D, delta_bias, saved, orders, order_index = ctx.saved_tensors
     inputs = (u, delta, A, B, C, D, delta_bias)
-    grads = selective_scan_backward_op(grad_y.contiguous(), *inputs, saved, orders, order_index,
-                                       ctx.delta_softplus, ctx.backend)
+    # The incoming gradient in y's layout (u's): for a channel-last map, no transposing copy,
+    # and the C kernel reads each step's channels as one vector.
+    grads = selective_scan_backward_op(in_layout_of(grad_y, u), *inputs, saved, orders,
+                                       order_index, ctx.delta_softplus, ctx.backend)
     needed = ctx.needs_input_grad[:7]
     return tuple(g.to(t.dtype) if need and t is not None else None
                  for g, t, need in zip(grads, inputs, needed)) + (None, ) * 4
