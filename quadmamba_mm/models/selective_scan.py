@@ -2,9 +2,9 @@
 
 ``scan_cfg=dict(type='SelectiveScan', backend='auto')`` in a QuadMamba config builds it, from
 mmpretrain, mmdet and mmseg configs alike, so an ablation or a deployment picks the scan
-implementation by config: ``'auto'`` (Triton on CUDA, the chunked scan elsewhere),
-``'chunked'``, ``'triton'``, ``'reference'`` (sequential) or ``'segsum'`` (exact, static
-PyTorch operators: what ONNX export uses).
+implementation by config: ``'auto'`` (Triton on CUDA, the fused C scan on CPUs, the chunked
+scan where neither runs), ``'cpu'``, ``'chunked'``, ``'triton'``, ``'reference'`` (sequential)
+or ``'segsum'`` (exact, static PyTorch operators: what ONNX export uses).
 """
 from typing import Optional
 
