@@ -256,7 +256,8 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int, dims: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, dims // 2, 3, stride=2, padding=1)
+        # channels_last: the conv then writes the channel-last map LN reads; no copy.
+        self.conv1 = channels_last_conv(in_channels, dims // 2, 3, stride=2, padding=1)
         self.norm1 = nn.LayerNorm(dims // 2)
         self.act = nn.GELU()
         self.conv2 = channels_last_conv(dims // 2, dims, 3, stride=2, padding=1)
