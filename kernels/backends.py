@@ -49,6 +49,10 @@ class ScanBackend:
             their strides and run fastest on channel-last ones (``(batch, L, channels)`` in
             memory, see :mod:`.layout`): :func:`~.projected.selective_scan_projected` then
             projects the map channel-last, with no transposed copies.
+        projects_delta: ``fn`` and ``backward`` take ``delta_proj_weight=`` ``(K, D, R)``
+            with ``delta`` its low-rank ``(batch, K, R, L)`` input (see
+            :func:`~.interface.selective_scan`), and ``backward`` then returns its gradient
+            too, after the other 7.
     """
     name: str
     fn: ScanFn
@@ -60,6 +64,7 @@ class ScanBackend:
     saved_shape: Optional[Callable[..., Tuple[int, ...]]] = None
     traceable: bool = False
     channels_last: bool = False
+    projects_delta: bool = False
 
 
 _BACKENDS: Dict[str, ScanBackend] = {}
@@ -113,7 +118,8 @@ register_backend(
                 # Built on first use; without a C compiler 'auto' falls back to 'chunked'.
                 supports=lambda device: device.type == 'cpu' and cpu_scan.available(),
                 priority=15, backward=cpu_scan.selective_scan_cpu_backward, gathers_orders=True,
-                saved_shape=cpu_scan.saved_states_shape, channels_last=True))
+                saved_shape=cpu_scan.saved_states_shape, channels_last=True,
+                projects_delta=True))
 try:
     from . import triton_scan
 except ImportError:  # no triton package: the PyTorch backends remain

@@ -64,7 +64,9 @@ class _Problem(ctypes.Structure):
             (name, ctypes.c_int64) for name in ('batch', 'groups', 'dim', 'n_state', 'length')
         ] + [('softplus', ctypes.c_int32), ('n_threads', ctypes.c_int32),
              ('stride_u', _RowStrides), ('stride_delta', _RowStrides),
-             ('stride_B', _StateStrides), ('stride_C', _StateStrides)]
+             ('stride_B', _StateStrides), ('stride_C', _StateStrides),
+             ('dts', ctypes.c_void_p), ('dt_weight', ctypes.c_void_p),
+             ('dt_rank', ctypes.c_int64), ('stride_dts', _StateStrides)]
 
 
 class _Grads(ctypes.Structure):
@@ -191,33 +193,39 @@ def _strides(t: Tensor, kind=_RowStrides):
     return kind(*t.stride())
 
 
-def _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_index):
+def _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_index,
+             delta_proj_weight=None):
     """The kernel's argument block, and the fp32 tensors it points into (they must outlive
-    the call): u, delta, B and C with their strides, A, D and delta_bias contiguous."""
+    the call): u, delta, B and C with their strides, A, D and delta_bias contiguous. With
+    ``delta_proj_weight`` (K, D, R), ``delta`` is the low-rank (batch, K, R, L) form."""
     if delta.device.type != 'cpu':
         raise ValueError(f'the cpu scan backend runs on CPU tensors, got {delta.device}')
     if LIBRARY.load() is None:
         raise RuntimeError(LIBRARY.error)
     u, delta, B, C = map(_fp32, (u, delta, B, C))
-    A, D, delta_bias = (None if t is None else t.detach().float().contiguous()
-                        for t in (A, D, delta_bias))
+    A, D, delta_bias, weight = (None if t is None else t.detach().float().contiguous()
+                                for t in (A, D, delta_bias, delta_proj_weight))
     if orders is not None:
         orders = orders.to(torch.int32).contiguous()
         order_index = None if order_index is None else order_index.to(torch.int32).contiguous()
-    keep = (u, delta, A, B, C, D, delta_bias, orders, order_index)
-    batch, channels, length = delta.shape
-    groups, n_state = B.shape[1], B.shape[2]
-    problem = _Problem(*map(_ptr, keep), batch, groups, channels // groups, n_state, length,
-                       int(delta_softplus), torch.get_num_threads() if LIBRARY.threaded else 1,
-                       _strides(u), _strides(delta), _strides(B, _StateStrides),
-                       _strides(C, _StateStrides))
+    keep = (u, delta, A, B, C, D, delta_bias, orders, order_index, weight)
+    (batch, groups, n_state, length), channels = B.shape, A.shape[0]
+    low_rank = weight is not None
+    full, dts = (None, delta) if low_rank else (delta, None)
+    problem = _Problem(*map(_ptr, (u, full, A, B, C, D, delta_bias, orders, order_index)), batch,
+                       groups, channels // groups, n_state, length, int(delta_softplus),
+                       torch.get_num_threads() if LIBRARY.threaded else 1, _strides(u),
+                       _RowStrides() if low_rank else _strides(delta),
+                       _strides(B, _StateStrides), _strides(C, _StateStrides), _ptr(dts),
+                       _ptr(weight), weight.shape[-1] if low_rank else 0,
+                       _strides(dts, _StateStrides) if low_rank else _StateStrides())
     return problem, keep
 
 
 def saved_states_shape(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> Tuple[int, ...]:
     """Shape of the chunk-end states :func:`selective_scan_cpu` returns."""
-    batch, channels, length = delta.shape
-    return batch, channels, -(-length // CHUNK), A.shape[1]
+    (channels, n_state), (batch, length) = A.shape, (B.shape[0], B.shape[-1])
+    return batch, channels, -(-length // CHUNK), n_state
 
 
 def selective_scan_cpu(u: Tensor,
@@ -229,16 +237,19 @@ def selective_scan_cpu(u: Tensor,
                        delta_bias: Optional[Tensor] = None,
                        delta_softplus: bool = False,
                        orders: Optional[Tensor] = None,
-                       order_index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                       order_index: Optional[Tensor] = None,
+                       delta_proj_weight: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The scan of :func:`~quadmamba_kernels.reference.selective_scan_reference` (without
-    orders) or of the map-order layout of :func:`~quadmamba_kernels.selective_scan`.
+    orders) or of the map-order layout of :func:`~quadmamba_kernels.selective_scan`; with
+    ``delta_proj_weight`` ``(K, D, R)``, ``delta`` is the low-rank ``(batch, K, R, L)`` input
+    of that projection, which the kernel applies as it goes.
 
     Returns:
         ``y`` in fp32 (``(B, K*D, L)``, or the ``(B, D, L)`` map with ``orders``) and the
         fp32 states at the chunk ends, for the backward pass.
     """
     problem, keep = _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
-                             order_index)
+                             order_index, delta_proj_weight)
     y = empty_in_layout_of(keep[0])
     states = torch.empty(saved_states_shape(u, delta, A, B))
     if LIBRARY.handle.qm_scan_forward(ctypes.byref(problem), y.data_ptr(), _strides(y),
@@ -258,17 +269,22 @@ def selective_scan_cpu_backward(grad_y: Tensor,
                                 delta_softplus: bool,
                                 states: Tensor,
                                 orders: Optional[Tensor] = None,
-                                order_index: Optional[Tensor] = None
+                                order_index: Optional[Tensor] = None,
+                                delta_proj_weight: Optional[Tensor] = None
                                 ) -> Tuple[Optional[Tensor], ...]:
-    """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` (fp32; None for absent inputs)
-    from the chunk-end ``states`` of :func:`selective_scan_cpu`."""
+    """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` and, given, ``delta_proj_weight``
+    (fp32; None for absent inputs) from the chunk-end ``states`` of
+    :func:`selective_scan_cpu`."""
     problem, keep = _problem(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
-                             order_index)
+                             order_index, delta_proj_weight)
     grad_y, states = _fp32(grad_y), states.float().contiguous()
     batch, groups, n_state = problem.batch, problem.groups, problem.n_state
     length, channels = problem.length, groups * problem.dim
     tiles = -(-problem.dim // TILE_CHANNELS)
-    du, ddelta = empty_in_layout_of(keep[0]), empty_in_layout_of(keep[1])
+    du = empty_in_layout_of(keep[0])
+    # dL/d(delta) in full, channel-last: per token (K, D), what the projection's gradients read.
+    ddelta = (torch.empty(batch, length, channels).transpose(1, 2)
+              if delta_proj_weight is not None else empty_in_layout_of(keep[1]))
     dB = torch.empty(batch, groups, tiles, n_state, length)
     dC = torch.empty_like(dB)
     dA = torch.empty(batch, channels, n_state)
@@ -279,5 +295,11 @@ def selective_scan_cpu_backward(grad_y: Tensor,
                                        _strides(grad_y), states.data_ptr(),
                                        ctypes.byref(grads)):
         raise MemoryError('the cpu scan could not allocate its work buffers')
-    return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
-            None if delta_bias is None else dbias.sum(0))
+    grads = (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
+             None if delta_bias is None else dbias.sum(0))
+    if delta_proj_weight is None:
+        return grads
+    dts, weight = keep[1], keep[-1]
+    per_token = ddelta.transpose(1, 2).view(batch, length, groups, problem.dim)
+    return (du, torch.einsum('blkd,kdr->bkrl', per_token, weight), *grads[2:],
+            torch.einsum('blkd,bkrl->kdr', per_token, dts))

@@ -23,21 +23,35 @@ from .custom_op import order_options, selective_scan_op
 from .map_order import ScanOrders
 
 
-def _check_inputs(u, delta, A, B, C, D, delta_bias,
-                  orders: Union[None, Tensor, ScanOrders]) -> None:
+def _check_inputs(u, delta, A, B, C, D, delta_bias, orders: Union[None, Tensor, ScanOrders],
+                  delta_proj_weight: Optional[Tensor]) -> None:
 
     def fail(msg):
         raise ValueError(f'selective_scan: {msg}')
 
-    if delta.dim() != 3:
-        fail(f'delta must be (batch, K*D, L), got shape {tuple(delta.shape)}')
-    batch, channels, length = delta.shape
+    if delta_proj_weight is None:
+        if delta.dim() != 3:
+            fail(f'delta must be (batch, K*D, L), got shape {tuple(delta.shape)}')
+        batch, channels, length = delta.shape
+    else:
+        if (delta_proj_weight.dim() != 3 or delta.dim() != 4
+                or delta.shape[1] != delta_proj_weight.shape[0]
+                or delta.shape[2] != delta_proj_weight.shape[2]):
+            fail('with delta_proj_weight (K, D, R), delta is its low-rank input '
+                 f'(batch, K, R, L); got delta {tuple(delta.shape)} and delta_proj_weight '
+                 f'{tuple(delta_proj_weight.shape)}')
+        batch, groups, _, length = delta.shape
+        channels = groups * delta_proj_weight.shape[1]
+        if B.dim() == 4 and B.shape[1] != groups:
+            fail(f'B must have the K={groups} directions of delta_proj_weight, got '
+                 f'{tuple(B.shape)}')
     if B.dim() != 4 or C.dim() != 4 or C.shape[1] != B.shape[1] or channels % B.shape[1]:
         fail(f'B and C must be (batch, K, N, L) with one K that divides the {channels} '
              f'channels of delta; got {tuple(B.shape)} and {tuple(C.shape)}')
     groups = B.shape[1]
-    if orders is None and u.shape != delta.shape:
-        fail(f'u must have the shape of delta {tuple(delta.shape)}, got {tuple(u.shape)}')
+    if orders is None and tuple(u.shape) != (batch, channels, length):
+        fail(f'u must have the shape of delta {(batch, channels, length)}, got '
+             f'{tuple(u.shape)}')
     if orders is not None and tuple(u.shape) != (batch, channels // groups, length):
         fail(f'with orders, u is the map (batch, D={channels // groups}, L={length}), '
              f'got {tuple(u.shape)}')
@@ -52,7 +66,8 @@ def _check_inputs(u, delta, A, B, C, D, delta_bias,
         if t is not None and tuple(t.shape) != (channels, ):
             fail(f'{name} must be ({channels},), got {tuple(t.shape)}')
     table = orders.orders if isinstance(orders, ScanOrders) else orders
-    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias, table) if t is not None}
+    devices = {t.device for t in (u, delta, A, B, C, D, delta_bias, table, delta_proj_weight)
+               if t is not None}
     if len(devices) > 1:
         fail(f'all inputs must be on one device, got {sorted(map(str, devices))}')
     if isinstance(orders, Tensor):
@@ -103,7 +118,8 @@ def selective_scan(u: Tensor,
                    orders: Union[None, Tensor, ScanOrders] = None,
                    order_index: Optional[Tensor] = None,
                    backend: str = 'auto',
-                   output_fp32: bool = False) -> Tensor:
+                   output_fp32: bool = False,
+                   delta_proj_weight: Optional[Tensor] = None) -> Tensor:
     """Selective scan with the mamba signature; see :func:`selective_scan_reference`.
 
     The state and all arithmetic are fp32 whatever the input dtypes and autocast say.
@@ -121,8 +137,13 @@ def selective_scan(u: Tensor,
             :class:`ScanOrders` with several candidates).
         backend: a registered backend name or ``'auto'``.
         output_fp32: return fp32 (for AMP) instead of the dtype of ``u``.
+        delta_proj_weight: ``(K, D, R)``: ``delta`` is then the low-rank ``(batch, K, R, L)``
+            input of the per-direction projection ``delta[:, k*D + d] = sum_r
+            delta_proj_weight[k, d, r] * delta[:, k, r]`` (mamba's ``dt_proj``). Backends
+            that can (``projects_delta``) apply it inside the scan, so the full ``delta``
+            never exists; for the others it is applied first.
     """
-    _check_inputs(u, delta, A, B, C, D, delta_bias, orders)
+    _check_inputs(u, delta, A, B, C, D, delta_bias, orders, delta_proj_weight)
     if orders is None or isinstance(orders, Tensor):
         if order_index is not None:
             raise ValueError('selective_scan: order_index needs orders as a ScanOrders')
@@ -135,10 +156,15 @@ def selective_scan(u: Tensor,
             raise ValueError(f'selective_scan: {error}') from None
     impl = resolve_backend(backend, u.device)
     with torch.autocast(device_type=u.device.type, enabled=False):
+        if delta_proj_weight is not None and not impl.projects_delta:  # fp32, as in kernels
+            delta = torch.einsum('bkrl,kdr->bkdl', delta.float(),
+                                 delta_proj_weight.float()).flatten(1, 2)
+            delta_proj_weight = None
         if orders is None or impl.gathers_orders:
             index = None if order_index is None else order_index.to(torch.int32)
             y = _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias,
-                      None if orders is None else orders.orders_int32, index)
+                      None if orders is None else orders.orders_int32, index,
+                      delta_proj_weight)
         else:
             batch, channels, length = delta.shape
             k = B.shape[1]
@@ -150,13 +176,14 @@ def selective_scan(u: Tensor,
     return y if output_fp32 else y.to(u.dtype)
 
 
-def _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias, orders=None, order_index=None):
+def _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias, orders=None, order_index=None,
+          delta_proj_weight=None):
     """One backend call: a backend of plain differentiable PyTorch ops (``traceable``) runs
     as it is, under autograd, so exporters see standard ops; a backend with its own
     backward runs as the custom op."""
     if impl.traceable:
         return impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
                        **order_options(orders, order_index)).float()
-    y, _ = selective_scan_op(u, delta, A, B, C, D, delta_bias, orders, order_index,
-                             delta_softplus, impl.name)
+    y, _ = selective_scan_op(u, delta, A, B, C, D, delta_bias, delta_proj_weight, orders,
+                             order_index, delta_softplus, impl.name)
     return y

@@ -7,7 +7,8 @@ projections computed on it (they act per token, so this is the same math); for t
 the map's K sequences are gathered once and projected in scan order, which moves ``D``
 channels through the gather instead of the ``K*D`` channels of ``delta``. A backend that
 prefers channel-last tensors (the C kernel) gets the projections computed per token in that
-layout: with the map stored channel-last, as SS2D's conv leaves it, nothing is transposed.
+layout: with the map stored channel-last, as SS2D's conv leaves it, nothing is transposed;
+one that also projects ``delta`` itself gets ``dt_proj``'s low-rank input and weight.
 """
 from typing import Optional, Union
 
@@ -64,13 +65,20 @@ def selective_scan_projected(x: Tensor,
     if orders is None and x.dim() != 4:
         raise ValueError('selective_scan_projected: without orders, x is (batch, K, D, L) '
                          f'sequences, got shape {tuple(x.shape)}')
+    delta_proj_weight = None
     if orders is not None and impl.channels_last:
         # Per token, channel-last: (B, L, D) tokens (a view of a channel-last map) give
         # delta as (B, L, K*D), passed on as its (B, K*D, L) view; B and C stay views too.
+        # A backend that projects delta itself gets the low-rank dts instead (a view): the
+        # full delta, the largest tensor of the block, never exists.
         x_dbl = torch.einsum('bld,kcd->blkc', x.transpose(1, 2), x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [dt_rank, n_state, n_state], dim=3)
-        delta = torch.einsum('blkr,kdr->blkd', dts, dt_proj_weight).flatten(2).transpose(1, 2)
         Bs, Cs = Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1)
+        if impl.projects_delta:
+            delta, delta_proj_weight = dts.permute(0, 2, 3, 1), dt_proj_weight
+        else:
+            delta = torch.einsum('blkr,kdr->blkd', dts,
+                                 dt_proj_weight).flatten(2).transpose(1, 2)
     else:
         pattern = 'bdl,kcd->bkcl' if orders is not None else 'bkdl,kcd->bkcl'
         x_dbl = torch.einsum(pattern, x, x_proj_weight)
@@ -79,4 +87,5 @@ def selective_scan_projected(x: Tensor,
         Bs, Cs = Bs.contiguous(), Cs.contiguous()
     u = x if orders is not None else x.flatten(1, 2)
     return selective_scan(u, delta, A, Bs, Cs, D, dt_bias.flatten(), True, orders=orders,
-                          order_index=order_index, backend=impl.name, output_fp32=True)
+                          order_index=order_index, backend=impl.name, output_fp32=True,
+                          delta_proj_weight=delta_proj_weight)

@@ -155,6 +155,41 @@ def test_c_kernel_tiles_and_chunks_in_place(shared):
     assert_matches(inputs, torch.float32, ('cpu', 'cpu'))
 
 
+@pytest.mark.parametrize('backend', ['cpu', 'chunked'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('in_place', [False, True])
+def test_delta_given_low_rank(backend, dtype, in_place):
+    """delta as dt_proj's low-rank input with delta_proj_weight: the C kernel forms delta as
+    it goes, other backends get it projected first; values and gradients (of the low-rank
+    input and the weight too) equal the reference's on the projected delta. 21 channels,
+    150 steps (the C kernel's tile and chunk edges), rank 5, the low-rank input a strided
+    per-token view as the backbone passes it."""
+    if backend not in available_backends('cpu'):
+        pytest.skip(f'{backend} is not available')
+    batch, k, dim, rank, length = 2, 2, 21, 5, 150
+    inputs = make_inputs(batch=batch, k=k, dim=dim, n_state=2, length=length, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    per_token = torch.randn(batch, length, k, rank + 4, generator=g).to(dtype)  # like x_dbl
+    inputs['delta'] = per_token[..., :rank].permute(0, 2, 3, 1)
+    inputs['delta_proj_weight'] = torch.randn(k, dim, rank, generator=g) * rank**-0.5
+    if in_place:
+        inputs['u'] = inputs['u'][:, :dim]
+        inputs['orders'] = random_orders(batch, k, length)
+    assert_matches(inputs, dtype, (backend, 'cpu'))
+
+
+def test_low_rank_delta_shapes_are_checked():
+    inputs = make_inputs(batch=1, k=2, dim=4, length=9)
+    with pytest.raises(ValueError, match=r'delta is its low-rank input \(batch, K, R, L\)'):
+        selective_scan(**dict(inputs, delta_proj_weight=torch.randn(2, 4, 3)))
+    low_rank = torch.randn(1, 2, 3, 9)
+    with pytest.raises(ValueError, match='K=2 directions of delta_proj_weight'):
+        selective_scan(**dict(inputs, delta=low_rank, B=inputs['B'][:, :1],
+                              delta_proj_weight=torch.randn(2, 4, 3)))
+    y = selective_scan(**dict(inputs, delta=low_rank, delta_proj_weight=torch.randn(2, 4, 3)))
+    assert y.shape == inputs['u'].shape
+
+
 @pytest.mark.parametrize('training', [False, True])
 def test_backbone_with_the_fused_backends(fused, training):
     """The whole backbone with orders read in place (every stage in eval; the cross-scan
@@ -276,9 +311,9 @@ def test_channel_last_inputs_give_channel_last_outputs(backend):
         assert_close_rel(g[name], g_ref[name], 1e-6, f'grad {name}')
 
     args = [stored_last[name] for name in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
-    real, _ = selective_scan_op(*args, None, None, True, backend)
+    real, _ = selective_scan_op(*args, None, None, None, True, backend)
     with FakeTensorMode() as mode:
-        fake, _ = selective_scan_op(*[mode.from_tensor(t) for t in args], None, None, True,
+        fake, _ = selective_scan_op(*[mode.from_tensor(t) for t in args], None, None, None, True,
                                     backend)
     assert fake.stride() == real.stride() and is_channel_last(real)
 

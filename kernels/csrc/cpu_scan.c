@@ -17,6 +17,10 @@
  * (polynomials, within about 2 ulp), not taken from libm, so that nothing depends on a
  * vector math library. The state is fp32 throughout.
  *
+ * delta may come in its low-rank form (mamba's dt_proj fused): dts (batch, K, R, L) and
+ * W (K*D, R), delta[b, k*D + d, l] = sum_r W[k*D + d, r] dts[b, k, r, l]. The kernel then
+ * forms each chunk's delta itself, and the largest tensor of the scan never exists.
+ *
  * The forward pass keeps the state at each chunk end, (batch, K*D, chunks, N). The
  * backward pass walks the chunks in reverse, recomputes each chunk's states from the one
  * saved before it and runs dh_t = a_{t+1} dh_{t+1} + C_t dy_t. Gradients of A, D and
@@ -51,6 +55,9 @@ typedef struct {
     int32_t softplus, n_threads;
     RowStrides stride_u, stride_delta;
     StateStrides stride_B, stride_C;
+    const float *dts, *dt_weight;          /* delta's low-rank form, or NULL (delta given) */
+    int64_t dt_rank;                       /* R; dt_weight (K*D, R) contiguous */
+    StateStrides stride_dts;               /* (batch, K, R, L) */
 } ScanProblem;
 
 typedef struct {
@@ -210,14 +217,45 @@ typedef struct {
     float z[T][V], dt[T][V], u[T][V], dtu[T][V], gate[T][V];
 } Chunk;
 
+/* W (K*D, R) of the tile, as W_t[r][c]; lanes past nc are zero. */
+static void load_dt_weight(const ScanProblem *p, const Tile *t, float *W_t) {
+    int64_t R = p->dt_rank;
+    memset(W_t, 0, sizeof(float) * R * V);
+    for (int64_t c = 0; c < t->nc; c++)
+        for (int64_t r = 0; r < R; r++)
+            W_t[r * V + c] = p->dt_weight[(t->channel + c) * R + r];
+}
+
+/* The chunk's delta from its low-rank form: out[i][c] = sum_r dts[pos_i, r] W_t[r][c]. */
+static void project_delta(const ScanProblem *p, const Tile *t, const int64_t *pos, int64_t nt,
+                          int64_t known, const float *W_t, float out[][V]) {
+    StateStrides s = p->stride_dts;
+    const float *first = p->dts + t->b * s.batch + t->k * s.dir;
+    for (int64_t i = 0; i < nt; i++) {
+        const float *row = first + pos[i] * s.pos;
+        if (i + AHEAD < known) __builtin_prefetch(first + pos[i + AHEAD] * s.pos, 0, 3);
+        float acc[V] = {0};
+        for (int64_t r = 0; r < p->dt_rank; r++) {
+            float x = row[r * s.state];
+            const float *w = W_t + r * V;
+#pragma omp simd
+            for (int c = 0; c < V; c++) acc[c] += x * w[c];
+        }
+        memcpy(out[i], acc, sizeof acc);
+    }
+}
+
 /* softplus(z) = max(z, 0) + log(1 + e^-|z|) and its derivative sigmoid(z) =
  * (z >= 0 ? 1 : e^-|z|) / (1 + e^-|z|) share one exponential; e^-|z| is in [0, 1], where
  * log1p_unit holds. Infinities come out right and NaN propagates. */
-static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt, int gate,
-                       Chunk *ch) {
+static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t nt,
+                       const float *W_t, int gate, Chunk *ch) {
     ch->known = positions(t, l0, nt, p->length, ch->pos);
-    load_tile(p->delta + row_offset(p->stride_delta, t->b, t->channel), p->stride_delta, ch->pos,
-              nt, ch->known, t->nc, ch->z);
+    if (p->dt_weight)
+        project_delta(p, t, ch->pos, nt, ch->known, W_t, ch->z);
+    else
+        load_tile(p->delta + row_offset(p->stride_delta, t->b, t->channel), p->stride_delta,
+                  ch->pos, nt, ch->known, t->nc, ch->z);
     load_tile(p->u + row_offset(p->stride_u, t->b, t->map_channel), p->stride_u, ch->pos, nt,
               ch->known, t->nc, ch->u);
     float bias[V];
@@ -291,19 +329,21 @@ static void load_states(const ScanProblem *p, const Tile *t, int64_t chunk, cons
 static int threads(const ScanProblem *p) { return p->n_threads > 0 ? p->n_threads : 1; }
 
 /* One thread's buffers, in one allocation: a chunk's inputs; per state and channel the
- * running state, the state before the chunk, A, the reverse carry and dL/dA; per step the
+ * running state, the state before the chunk, A, the reverse carry and dL/dA; the tile's
+ * dt_proj weight (R, V) when delta comes low-rank; per step the
  * decays and states of the chunk (backward) and the per-step sums for B and C; and three
  * (step, channel) tiles: y (forward) or dL/dy (backward), dL/du and dL/d(delta). */
 typedef struct {
     Chunk chunk;
     float *h, *start, *A_t, *carry, *gA; /* (N, V) */
+    float *W_t;                          /* (R, V) */
     float *a_buf, *h_buf;                /* (T, N, V) */
     float *gB, *gC;                      /* (N, T) */
     float (*y)[V], (*gu)[V], (*gdt)[V];  /* (T, V) */
 } Workspace;
 
-static Workspace *workspace_new(int64_t N) {
-    int64_t nv = N * V, floats = 5 * nv + 2 * T * nv + 2 * N * T + 3 * T * V;
+static Workspace *workspace_new(int64_t N, int64_t R) {
+    int64_t nv = N * V, floats = 5 * nv + R * V + 2 * T * nv + 2 * N * T + 3 * T * V;
     Workspace *w = malloc(sizeof(Workspace) + sizeof(float) * floats);
     if (!w) return NULL;
     float *f = (float *)(w + 1);
@@ -312,6 +352,7 @@ static Workspace *workspace_new(int64_t N) {
     w->A_t = f, f += nv;
     w->carry = f, f += nv;
     w->gA = f, f += nv;
+    w->W_t = f, f += R * V;
     w->a_buf = f, f += T * nv;
     w->h_buf = f, f += T * nv;
     w->gB = f, f += N * T;
@@ -325,8 +366,8 @@ static Workspace *workspace_new(int64_t N) {
 /* Each thread's workspace, or NULL in every thread of the team if any allocation failed
  * (then *failed is set): every thread, or none, must reach a worksharing loop. Called by
  * all threads of a parallel region. */
-static Workspace *team_workspace(int64_t N, int *failed) {
-    Workspace *w = workspace_new(N);
+static Workspace *team_workspace(int64_t N, int64_t R, int *failed) {
+    Workspace *w = workspace_new(N, R);
     if (!w) {
 #pragma omp atomic write
         *failed = 1;
@@ -347,7 +388,7 @@ int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
     {
-        Workspace *w = team_workspace(N, &failed);
+        Workspace *w = team_workspace(N, p->dt_weight ? p->dt_rank : 0, &failed);
         if (w) {
             Chunk *ch = &w->chunk;
             float *h = w->h, *A_t = w->A_t, (*y_chunk)[V] = w->y;
@@ -356,12 +397,13 @@ int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *
                 for (int64_t k = 0; k < p->groups; k++) {
                     Tile t = tile_at(p, item, k);
                     load_A(p, &t, A_t);
+                    if (p->dt_weight) load_dt_weight(p, &t, w->W_t);
                     memset(h, 0, sizeof(float) * N * V);
                     float D[V];
                     load_channels(p->D, &t, D);
                     for (int64_t chunk = 0; chunk * T < L; chunk++) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
-                        load_chunk(p, &t, l0, nt, 0, ch);
+                        load_chunk(p, &t, l0, nt, w->W_t, 0, ch);
                         run_chunk(p, &t, ch, nt, A_t, h, NULL, NULL, y_chunk);
                         for (int64_t i = 0; i < nt; i++) {
 #pragma omp simd
@@ -387,7 +429,7 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
     int failed = 0;
 #pragma omp parallel num_threads(threads(p))
     {
-        Workspace *w = team_workspace(N, &failed);
+        Workspace *w = team_workspace(N, p->dt_weight ? p->dt_rank : 0, &failed);
         if (w) {
             Chunk *ch = &w->chunk;
             float *h = w->h, *start = w->start, *A_t = w->A_t, *carry = w->carry, *gA = w->gA;
@@ -400,13 +442,14 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                     int64_t shared = ((t.b * p->groups + k) * tiles + t.c0 / V) * N * L;
                     StateStrides sB = p->stride_B, sC = p->stride_C;
                     load_A(p, &t, A_t);
+                    if (p->dt_weight) load_dt_weight(p, &t, w->W_t);
                     memset(carry, 0, sizeof(float) * N * V);
                     memset(gA, 0, sizeof(float) * N * V);
                     float D[V], gD[V] = {0}, gbias[V] = {0};
                     load_channels(p->D, &t, D);
                     for (int64_t chunk = n_chunks(p) - 1; chunk >= 0; chunk--) {
                         int64_t l0 = chunk * T, nt = min64(T, L - l0);
-                        load_chunk(p, &t, l0, nt, 1, ch);
+                        load_chunk(p, &t, l0, nt, w->W_t, 1, ch);
                         /* Recompute the chunk's states from the one saved before it;
                          * run_chunk advances h in place, start keeps h_{l0-1}. */
                         load_states(p, &t, chunk - 1, states, start);
