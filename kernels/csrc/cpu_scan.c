@@ -226,22 +226,35 @@ static void load_dt_weight(const ScanProblem *p, const Tile *t, float *W_t) {
             W_t[r * V + c] = p->dt_weight[(t->channel + c) * R + r];
 }
 
-/* The chunk's delta from its low-rank form: out[i][c] = sum_r dts[pos_i, r] W_t[r][c]. */
+/* The chunk's delta from its low-rank form: out[i][c] = sum_r dts[pos_i, r] W_t[r][c].
+ * Four steps at a time: four independent multiply-add chains per weight row, where one
+ * chain would wait on its own latency R times over. */
 static void project_delta(const ScanProblem *p, const Tile *t, const int64_t *pos, int64_t nt,
                           int64_t known, const float *W_t, float out[][V]) {
     StateStrides s = p->stride_dts;
     const float *first = p->dts + t->b * s.batch + t->k * s.dir;
-    for (int64_t i = 0; i < nt; i++) {
-        const float *row = first + pos[i] * s.pos;
-        if (i + AHEAD < known) __builtin_prefetch(first + pos[i + AHEAD] * s.pos, 0, 3);
-        float acc[V] = {0};
-        for (int64_t r = 0; r < p->dt_rank; r++) {
-            float x = row[r * s.state];
-            const float *w = W_t + r * V;
-#pragma omp simd
-            for (int c = 0; c < V; c++) acc[c] += x * w[c];
+    int64_t R = p->dt_rank;
+    for (int64_t i = 0; i < nt; i += 4) {
+        int64_t steps = min64(4, nt - i);
+        const float *row[4];
+        for (int64_t j = 0; j < 4; j++) { /* a short last group repeats its last step */
+            row[j] = first + pos[i + (j < steps ? j : steps - 1)] * s.pos;
+            if (i + j + AHEAD < known) __builtin_prefetch(first + pos[i + j + AHEAD] * s.pos, 0, 3);
         }
-        memcpy(out[i], acc, sizeof acc);
+        float acc[4][V] = {{0}};
+        for (int64_t r = 0; r < R; r++) {
+            const float *w = W_t + r * V;
+            float x0 = row[0][r * s.state], x1 = row[1][r * s.state];
+            float x2 = row[2][r * s.state], x3 = row[3][r * s.state];
+#pragma omp simd
+            for (int c = 0; c < V; c++) {
+                acc[0][c] += x0 * w[c];
+                acc[1][c] += x1 * w[c];
+                acc[2][c] += x2 * w[c];
+                acc[3][c] += x3 * w[c];
+            }
+        }
+        memcpy(out[i], acc, sizeof(float) * V * steps);
     }
 }
 
