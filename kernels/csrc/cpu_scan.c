@@ -217,13 +217,13 @@ typedef struct {
     float z[T][V], dt[T][V], u[T][V], dtu[T][V], gate[T][V];
 } Chunk;
 
-/* W (K*D, R) of the tile, as W_t[r][c]; lanes past nc are zero. */
-static void load_dt_weight(const ScanProblem *p, const Tile *t, float *W_t) {
-    int64_t R = p->dt_rank;
-    memset(W_t, 0, sizeof(float) * R * V);
+/* The tile's rows of a contiguous (K*D, cols) per-channel matrix (A, dt_proj's weight),
+ * transposed: out[m][c]; lanes past nc are zero. */
+static void load_channel_matrix(const float *matrix, int64_t cols, const Tile *t, float *out) {
+    memset(out, 0, sizeof(float) * cols * V);
     for (int64_t c = 0; c < t->nc; c++)
-        for (int64_t r = 0; r < R; r++)
-            W_t[r * V + c] = p->dt_weight[(t->channel + c) * R + r];
+        for (int64_t m = 0; m < cols; m++)
+            out[m * V + c] = matrix[(t->channel + c) * cols + m];
 }
 
 /* The chunk's delta from its low-rank form: out[i][c] = sum_r dts[pos_i, r] W_t[r][c].
@@ -284,15 +284,6 @@ static void load_chunk(const ScanProblem *p, const Tile *t, int64_t l0, int64_t 
             ch->dtu[i][c] = dt * ch->u[i][c];
         }
     }
-}
-
-/* A (K*D, N) of the tile, as A_t[n][c]; lanes past nc are zero. */
-static void load_A(const ScanProblem *p, const Tile *t, float *A_t) {
-    int64_t N = p->n_state;
-    memset(A_t, 0, sizeof(float) * N * V);
-    for (int64_t c = 0; c < t->nc; c++)
-        for (int64_t n = 0; n < N; n++)
-            A_t[n * V + c] = p->A[(t->channel + c) * N + n];
 }
 
 /* The chunk's recurrence from the states h[n][c]. Writes a_t and h_t per step into
@@ -409,8 +400,8 @@ int qm_scan_forward(const ScanProblem *p, float *y, RowStrides stride_y, float *
             for (int64_t item = 0; item < items; item++) {
                 for (int64_t k = 0; k < p->groups; k++) {
                     Tile t = tile_at(p, item, k);
-                    load_A(p, &t, A_t);
-                    if (p->dt_weight) load_dt_weight(p, &t, w->W_t);
+                    load_channel_matrix(p->A, N, &t, A_t);
+                    if (p->dt_weight) load_channel_matrix(p->dt_weight, p->dt_rank, &t, w->W_t);
                     memset(h, 0, sizeof(float) * N * V);
                     float D[V];
                     load_channels(p->D, &t, D);
@@ -454,8 +445,8 @@ int qm_scan_backward(const ScanProblem *p, const float *grad_y, RowStrides strid
                     Tile t = tile_at(p, item, k);
                     int64_t shared = ((t.b * p->groups + k) * tiles + t.c0 / V) * N * L;
                     StateStrides sB = p->stride_B, sC = p->stride_C;
-                    load_A(p, &t, A_t);
-                    if (p->dt_weight) load_dt_weight(p, &t, w->W_t);
+                    load_channel_matrix(p->A, N, &t, A_t);
+                    if (p->dt_weight) load_channel_matrix(p->dt_weight, p->dt_rank, &t, w->W_t);
                     memset(carry, 0, sizeof(float) * N * V);
                     memset(gA, 0, sizeof(float) * N * V);
                     float D[V], gD[V] = {0}, gbias[V] = {0};
