@@ -6,10 +6,11 @@ the same again backwards), and reads the scan orders in place like the Triton ke
 no gathered copies of the map, no scattered outputs. It reads and writes the maps through
 their strides: a channel-last map (SS2D's conv output) is read with one vector load per step
 and needs no transposed copy, and ``y`` and the input gradients come back in their input's
-layout (:mod:`.layout`). It is plain C: vector loops over
-channels that the compiler vectorises for the ISA that PyTorch itself dispatches to on
-this CPU (``torch.backends.cpu.get_cpu_capability()``), with its own exp and log, so the
-speed does not hang on any vendor's vector math library.
+layout (:mod:`.layout`). Given ``delta_proj_weight``, it forms ``delta`` from its low-rank
+input chunk by chunk, so the full ``delta`` is never stored. It is plain C: vector loops
+over channels that the compiler vectorises for the ISA that PyTorch itself dispatches to on
+this CPU (``torch.backends.cpu.get_cpu_capability()``), with its own exp and log(1 + t), so
+the speed does not hang on any vendor's vector math library.
 
 The library is compiled once per source, ISA and compiler into the cache folder
 (``$QUADMAMBA_KERNELS_CACHE``, else ``~/.cache/quadmamba_kernels``) and loaded with
