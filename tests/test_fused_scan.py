@@ -271,12 +271,17 @@ def test_c_kernel_step_size_is_softplus_to_a_few_ulp():
     assert y[0, 0, 0] == float('inf') and y[0, 1, 0] == 0 and y[0, 2, 0].isnan()
 
 
-def test_c_kernel_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize('low_rank', [False, True])
+def test_c_kernel_results_do_not_depend_on_the_thread_count(low_rank):
     """Per-sample and per-tile partial gradients, summed afterwards: bitwise the same with
-    one thread or two."""
+    one thread or two, with delta given in full or low-rank."""
     if 'cpu' not in available_backends('cpu'):
         pytest.skip('the C kernel could not be built')
     inputs = make_inputs(batch=2, k=2, dim=20, n_state=1, length=70)
+    if low_rank:
+        g = torch.Generator().manual_seed(3)
+        inputs['delta'] = torch.randn(2, 2, 4, 70, generator=g)
+        inputs['delta_proj_weight'] = torch.randn(2, 20, 4, generator=g) * 0.5
     before = torch.get_num_threads()
     results = []
     try:
