@@ -7,8 +7,8 @@ projections computed on it (they act per token, so this is the same math); for t
 the map's K sequences are gathered once and projected in scan order, which moves ``D``
 channels through the gather instead of the ``K*D`` channels of ``delta``. A backend that
 prefers channel-last tensors (the C kernel) gets the projections computed per token in that
-layout: with the map stored channel-last, as SS2D's conv leaves it, nothing is transposed;
-one that also projects ``delta`` itself gets ``dt_proj``'s low-rank input and weight.
+layout: with the map stored channel-last, as SS2D's conv leaves it, nothing is transposed,
+and ``dt_proj``'s low-rank input and weight go to :func:`~.interface.selective_scan`.
 """
 from typing import Optional, Union
 
@@ -68,17 +68,13 @@ def selective_scan_projected(x: Tensor,
     delta_proj_weight = None
     if orders is not None and impl.channels_last:
         # Per token, channel-last: (B, L, D) tokens (a view of a channel-last map) give
-        # delta as (B, L, K*D), passed on as its (B, K*D, L) view; B and C stay views too.
-        # A backend that projects delta itself gets the low-rank dts instead (a view): the
-        # full delta, the largest tensor of the block, never exists.
+        # x_dbl as (B, L, K, R + 2N); dts, B and C are passed on as views of it, and
+        # dt_proj is applied by selective_scan (inside the kernel where the backend can:
+        # the full delta, the largest tensor of the block, then never exists).
         x_dbl = torch.einsum('bld,kcd->blkc', x.transpose(1, 2), x_proj_weight)
-        dts, Bs, Cs = torch.split(x_dbl, [dt_rank, n_state, n_state], dim=3)
-        Bs, Cs = Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1)
-        if impl.projects_delta:
-            delta, delta_proj_weight = dts.permute(0, 2, 3, 1), dt_proj_weight
-        else:
-            delta = torch.einsum('blkr,kdr->blkd', dts,
-                                 dt_proj_weight).flatten(2).transpose(1, 2)
+        dts, Bs, Cs = (t.permute(0, 2, 3, 1)
+                       for t in torch.split(x_dbl, [dt_rank, n_state, n_state], dim=3))
+        delta, delta_proj_weight = dts, dt_proj_weight
     else:
         pattern = 'bdl,kcd->bkcl' if orders is not None else 'bkdl,kcd->bkcl'
         x_dbl = torch.einsum(pattern, x, x_proj_weight)
