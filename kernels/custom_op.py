@@ -21,7 +21,7 @@ from .backends import get_backend
 from .layout import empty_in_layout_of, in_layout_of
 
 
-def order_options(orders: Optional[Tensor], order_index: Optional[Tensor],
+def scan_options(orders: Optional[Tensor], order_index: Optional[Tensor],
                   delta_proj_weight: Optional[Tensor] = None) -> dict:
     """The keyword arguments a backend gets for the map-order layout and the low-rank
     ``delta`` (none for what is not used)."""
@@ -40,7 +40,7 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     impl = get_backend(backend)
     with torch.no_grad():
         out = impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                      **order_options(orders, order_index, delta_proj_weight))
+                      **scan_options(orders, order_index, delta_proj_weight))
     y, saved = out if isinstance(out, tuple) else (out, None)
     y = in_layout_of(y, u)  # the layout the fake implementation promises
     if saved is None:
@@ -75,7 +75,7 @@ def selective_scan_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tens
     inputs = (u, delta, A, B, C, D, delta_bias)
     extra = (saved, ) if impl.saved_shape is not None else ()
     grads = impl.backward(grad_y, *inputs, delta_softplus, *extra,
-                          **order_options(orders, order_index, delta_proj_weight))
+                          **scan_options(orders, order_index, delta_proj_weight))
     grads = (*grads, None) if delta_proj_weight is None else grads
     return [_fresh(g, t) for g, t in zip(grads, (*inputs, delta_proj_weight))]
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .backends import resolve_backend
-from .custom_op import order_options, selective_scan_op
+from .custom_op import scan_options, selective_scan_op
 from .map_order import ScanOrders
 
 
@@ -183,7 +183,7 @@ def _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias, orders=None, o
     backward runs as the custom op."""
     if impl.traceable:
         return impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                       **order_options(orders, order_index)).float()
+                       **scan_options(orders, order_index)).float()
     y, _ = selective_scan_op(u, delta, A, B, C, D, delta_bias, delta_proj_weight, orders,
                              order_index, delta_softplus, impl.name)
     return y
