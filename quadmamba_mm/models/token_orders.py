@@ -211,7 +211,7 @@ def _quadtree_scan_tables(height: int, width: int, grid: int, split: int,
 
 def _quadtree_relabelings(height: int, width: int, grid: int, split: int,
                           shift: Shift) -> Tensor:
-    orders, inverses = _quadtree_scan_tables(height, width, grid, split, shift)
+    orders, inverses = _cached(_quadtree_scan_tables, height, width, grid, split, shift)
     candidates, directions, length = orders.shape
     # relabel[w, g, k, p] = orders[w, k, inverses[g, k, p]]
     relabel = orders[:, None].expand(candidates, candidates, directions, length).gather(
