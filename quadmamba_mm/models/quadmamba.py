@@ -50,9 +50,10 @@ class SS2D(nn.Module):
     out_proj``. The K sequences come from the cross scan (K=4) or from the learned
     quadtree order and its reverse (K=2): a :class:`~.scan_patterns.ScanPattern`.
 
-    From the conv to the scan and back the map stays channel-first ``(B, D, H*W)``; the
-    scan reads it in place through the pattern's orders (the shift folded in) and returns
-    the K directions summed in map order.
+    From the conv to the scan and back the map is one ``(B, D, H*W)`` view, stored
+    channel-last as the conv writes it; the scan reads it in place through the pattern's
+    orders (the shift folded in, a learned window choice's gradient attached) and returns
+    the K directions summed in map order, channel-last again, for the out-norm.
 
     Args:
         dims: input/output width C.
