@@ -1,6 +1,7 @@
 """torch.compile with no graph break (eval and training), torch.export, and exact ONNX export
 checked with ONNX Runtime on a photograph-like image."""
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,23 @@ def test_no_graph_break(training, monkeypatch):
     """Learned quadtree windows (Gumbel straight-through in training), shifts, cross scans;
     traced as in a new process: the C scan not loaded yet, no order table cached."""
     monkeypatch.setattr(cpu_scan, 'LIBRARY', cpu_scan._Library())
-    monkeypatch.setattr(token_orders, '_TABLES', {})
+    monkeypatch.setattr(token_orders, '_TABLES', token_orders._Tables())
     torch._dynamo.reset()
     model = tiny().train(training)
     explained = torch._dynamo.explain(model)(torch.randn(2, 3, 67, 45))
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+    # The order tables were built for real, not traced into the graph (where they would be
+    # built again on every call): the graph is the one traced with them already cached.
+    torch._dynamo.reset()
+    warm = torch._dynamo.explain(model)(torch.randn(2, 3, 67, 45))
+    assert graph_ops(explained.graphs[0]) == graph_ops(warm.graphs[0])
+
+
+def graph_ops(graph: torch.fx.GraphModule) -> Counter:
+    return Counter(str(node.target) for module in graph.modules()
+                   if isinstance(module, torch.fx.GraphModule)
+                   for node in module.graph.nodes if node.op in ('call_function', 'call_method'))
 
 
 @pytest.mark.parametrize('training', [False, True])
@@ -69,15 +81,17 @@ def test_inductor_compiles_the_backbone():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_torch_export():
+def test_torch_export(monkeypatch):
+    """Exported from a new process's state: the order tables become constants of the
+    program, the same program as with them cached beforehand."""
+    monkeypatch.setattr(token_orders, '_TABLES', token_orders._Tables())
     torch.manual_seed(0)
     model = tiny().eval()
     x = torch.randn(1, 3, 67, 45)
     program = torch.export.export(model, (x, ))
-    ops = {str(node.target) for graph in program.graph_module.modules()
-           if isinstance(graph, torch.fx.GraphModule)
-           for node in graph.graph.nodes if node.op == 'call_function'}
+    ops = graph_ops(program.graph_module)
     assert 'quadmamba.selective_scan.default' in ops
+    assert ops == graph_ops(torch.export.export(model, (x, )).graph_module)
     for a, b in zip(program.module()(x), model(x)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

@@ -59,6 +59,7 @@ class _ChoiceGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, choice: Tensor, relabel: Tensor) -> Tensor:
         ctx.save_for_backward(x, choice.argmax(-1), relabel)
+        ctx.candidates = choice.shape[-1]  # torch.compile can't read relabel.shape here
         return x.view_as(x)
 
     @staticmethod
@@ -77,7 +78,7 @@ class _ChoiceGradient(torch.autograd.Function):
                 torch.linalg.vecdot(
                     flat_x,
                     grad_rows.index_select(0, (relabel[picked, g] + offsets).flatten()).view(
-                        batch, length * dim)) for g in range(relabel.shape[1])
+                        batch, length * dim)) for g in range(ctx.candidates)
             ], dim=1).float()
         return grad, grad_choice, None
 

@@ -21,10 +21,12 @@ A block's shift (rolling the map around its scan) is folded into the orders: sca
 rolled map in order ``o`` is scanning the map itself in order ``roll^-1[o]``, and the
 outputs land back in place. No rolled copy of the map or of the outputs is made.
 """
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import nullcontext
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
 
 from quadmamba_kernels import ScanOrders
 from quadmamba_kernels.map_order import to_map_order, to_scan_order
@@ -46,29 +48,45 @@ def _band_index(size: int, bounds: List[int]) -> Tensor:
     return index
 
 
-# Index tensors per (builder, arguments, device). A plain dict, read by torch.compile as
-# constants once filled; an lru_cache would be traced through instead.
-_TABLES: Dict[tuple, Any] = {}
+class _Tables:
+    """Index tensors, built once per (builder, arguments, device) and kept as attributes."""
+
+    def __init__(self) -> None:
+        self.names: Dict[tuple, str] = {}
+
+
+_TABLES = _Tables()
 
 
 def _device_name(device) -> str:
     return str(torch.device('cpu' if device is None else device))
 
 
-def _cached(builder, *args, device=None):
-    """``builder(*args)`` (tensors or a tuple of them) on ``device``, built once and kept: a
-    forward pass never builds or copies index tensors again. While ``torch.compile`` traces
-    a size seen for the first time, the build is traced into the graph instead."""
+# torch.compile runs this for real (it returns a constant name) instead of tracing the build
+# into the graph, where it would run again on every call. It returns a name, not the tables:
+# compile reads them as attributes of ``_TABLES``, each under its own name.
+@torch.compiler.assume_constant_result
+def _table_name(builder, args: tuple, device) -> str:
     key = (builder.__name__, args, _device_name(device))
-    found = _TABLES.get(key)
-    if found is None:
-        with torch.inference_mode(False):  # a cache filled there must still serve autograd
+    name = _TABLES.names.get(key)
+    if name is None:
+        # Outside fake/proxy tracing (torch.export: the tables become constants of the
+        # program) and inference mode (a cache filled there must serve autograd too).
+        with torch._C.DisableTorchFunction(), _disable_current_modes(), torch.inference_mode(
+                False) if torch.is_inference_mode_enabled() else nullcontext():
             built = builder(*args)
             found = (tuple(t.to(key[2]) for t in built)
                      if isinstance(built, tuple) else built.to(key[2]))
-        if not torch.compiler.is_compiling():
-            _TABLES[key] = found
-    return found
+        name = f'{builder.__name__.strip("_")}_{len(_TABLES.names)}'
+        setattr(_TABLES, name, found)
+        _TABLES.names[key] = name
+    return name
+
+
+def _cached(builder, *args, device=None):
+    """``builder(*args)`` (tensors or a tuple of them) on ``device``, built once and kept: a
+    forward pass never builds or copies index tensors again, compiled or exported too."""
+    return getattr(_TABLES, _table_name(builder, args, device))
 
 
 def _coarse_window_ids(height: int, width: int, grid: int) -> Tensor:
@@ -195,8 +213,7 @@ class CrossScanOrders(ScanOrders):
 
 
 def _checked(orders: Tensor) -> Tuple[Tensor, Tensor]:
-    # The permutation check (a sync), once per cached table; not while torch.compile traces.
-    checked = ScanOrders(orders, check=not torch.compiler.is_compiling())
+    checked = ScanOrders(orders)  # the permutation check (a sync), once per cached table
     return checked.orders, checked.inverses
 
 
@@ -216,8 +233,7 @@ def _quadtree_relabelings(height: int, width: int, grid: int, split: int,
     # relabel[w, g, k, p] = orders[w, k, inverses[g, k, p]]
     relabel = orders[:, None].expand(candidates, candidates, directions, length).gather(
         -1, inverses[None].expand(candidates, candidates, directions, length))
-    # Checked once per cached table (a sync); not while torch.compile traces.
-    if not torch.compiler.is_compiling() and not bool((relabel == relabel[:, :, :1]).all()):
+    if not bool((relabel == relabel[:, :, :1]).all()):  # once per cached table (a sync)
         raise ValueError('the quadtree directions must visit the tokens of every candidate '
                          'in one order (forward and reversed) to pass the window choice its '
                          'gradient through the map')
