@@ -56,6 +56,21 @@ def test_sweep_writes_table_json_and_figure(tmp_path):
     assert (tmp_path / 'benchmark.png').stat().st_size > 10_000
 
 
+def test_profile_splits_the_step_time():
+    """--profile: dense layers, the scan and the rest, per model; the scan's share is zero for
+    a model without one."""
+    args = benchmark.parse_args(['quadmamba:li', 'timm:convnext_tiny', '--shape', '64',
+                                 '--warmup', '1', '--repeat', '1', '--memory', 'none',
+                                 '--profile'])
+    result = benchmark.run(args)
+    splits = {r['model']: r['split_ms'] for r in result['rows']}
+    assert splits['quadmamba:li']['scan'] > 0 and splits['timm:convnext_tiny']['scan'] == 0
+    for split in splits.values():
+        assert split['dense'] > 0 and split['rest'] > 0
+    md = benchmark.markdown(result)
+    assert md.count('| quadmamba:li |') == 2 and 'rest removed' in md  # timing + split rows
+
+
 def test_cpu_peak_memory_from_fresh_processes():
     """A training step holds activations and gradients that inference does not; both add
     to the weights (5.5 M fp32 parameters of QuadMamba-Li)."""
@@ -87,6 +102,7 @@ def test_plot_redraws_the_figure_from_json(tmp_path):
     (['quadmamba:li', '--sizes', '64', '--shape', '64'], 'not both'),
     (['quadmamba:li', '--train', '--modes', 'infer'], '--train is short for --modes train'),
     (['quadmamba:li', '--tf32'], '--tf32 applies to CUDA runs only'),
+    (['quadmamba:li', '--profile', '--device', 'meta'], '--profile splits CPU time'),
     ([], 'expected at least one MODEL'),
 ])
 def test_bad_arguments_say_what_was_expected(args, message, capsys):

@@ -78,6 +78,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='measure peak memory (auto) or not (none)')
     parser.add_argument('--out', type=Path, default=None,
                         help='write benchmark.json, benchmark.md and benchmark.png here')
+    parser.add_argument('--profile', action='store_true',
+                        help='CPU: after timing, profile --repeat more steps of each model and '
+                        'split their time into dense layers, selective scan and the rest')
     parser.add_argument('--plot', type=Path, default=None, metavar='JSON',
                         help='only draw benchmark.png from a benchmark.json')
     args = parser.parse_args(argv)
@@ -110,6 +113,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error('--device cuda, but torch sees no CUDA device')
     if args.tf32 and device.type != 'cuda':
         parser.error('--tf32 applies to CUDA runs only')
+    if args.profile and device.type != 'cpu':
+        parser.error('--profile splits CPU time; it applies to --device cpu only')
     return args
 
 
@@ -138,7 +143,8 @@ def measure_cpu_memory(args, spec: str, size, batch: int, mode: str) -> Dict[str
 def new_row(spec: str, size, batch: int, mode: str) -> Dict[str, Any]:
     return dict(model=spec, size=list(size), batch=batch, mode=mode, times_ms=[],
                 ms_per_batch=None, ms_per_image=None, images_per_s=None, vs_first=None,
-                step_mib=None, weights_mib=None, input_mib=None, peak_mib=None, error=None)
+                step_mib=None, weights_mib=None, input_mib=None, peak_mib=None, split_ms=None,
+                error=None)
 
 
 def finish_row(row: Dict[str, Any], first: Optional[Dict[str, Any]]) -> None:
@@ -184,6 +190,10 @@ def run_block(args, device, models: Dict[str, torch.nn.Module], size, batch: int
                 continue
             if round_index >= args.warmup:
                 row['times_ms'].append(elapsed * 1e3)
+    if args.profile:
+        for spec, step in steps.items():
+            if not rows[spec]['error']:
+                rows[spec]['split_ms'] = lib.time_split(step, args.repeat)
     for model in models.values():
         model.zero_grad(set_to_none=True)
     if device.type == 'cpu' and args.memory == 'auto':
@@ -264,6 +274,23 @@ def markdown(result: Dict[str, Any]) -> str:
     for spec, notes in result['notes'].items():
         for size, note in notes.items():
             lines.append(f'- {spec} at {size}: {note}')
+    split_rows = [r for r in result['rows'] if r.get('split_ms')]
+    if split_rows:
+        lines += ['', '| model | size | batch | mode | dense ms | scan ms | rest ms | '
+                  'rest removed |', '|---|---|---:|---|---:|---:|---:|---:|']
+        for r in split_rows:
+            split = r['split_ms']
+            fixed = split['dense'] + split['scan']
+            lines.append(f"| {r['model']} | {size_key(r['size'])} | {r['batch']} | "
+                         f"{lib.MODES[r['mode']]} | {fmt(split['dense'])} | "
+                         f"{fmt(split['scan'])} | {fmt(split['rest'])} | "
+                         f"{(fixed + split['rest']) / fixed:.2f}x |")
+        lines += ['', 'Time split (--profile): self CPU time per step from the torch profiler '
+                  f"over {settings['repeat']} more steps. dense: {', '.join(lib.DENSE_OPS)}; "
+                  'scan: the quadmamba ops; rest: everything else (elementwise, norms, copies, '
+                  'framework overhead; inflated by the profiler). "rest removed": how much '
+                  'faster a step would be if the rest took no time, the most a compiler that '
+                  'leaves matmuls, convolutions and the scan alone can gain.']
     return '\n'.join(lines) + '\n'
 
 

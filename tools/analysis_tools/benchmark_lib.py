@@ -227,6 +227,26 @@ CPU_MEMORY_MAXRSS = ('peak RSS (getrusage ru_maxrss, not resettable here, so at 
                      'step, plus this model\'s weights and input')
 
 
+# Matmuls and convolutions (forward and backward): oneDNN/MKL calls that torch.compile on a
+# CPU leaves as they are.
+DENSE_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::mkldnn_convolution',
+             'aten::convolution_backward')
+
+
+def time_split(step: Callable[[], None], rounds: int) -> Dict[str, float]:
+    """Self CPU ms per step of the dense layers, the selective scan (the quadmamba ops) and
+    the rest, from the torch profiler over ``rounds`` steps."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(rounds):
+            step()
+    split = dict(dense=0.0, scan=0.0, rest=0.0)
+    for event in prof.key_averages():
+        kind = ('dense' if event.key in DENSE_OPS else
+                'scan' if 'quadmamba' in event.key else 'rest')
+        split[kind] += event.self_cpu_time_total / 1e3 / rounds
+    return split
+
+
 def cuda_step_memory(step: Callable[[], None], model: nn.Module,
                      device: torch.device) -> float:
     """Bytes allocated at the peak of one step above what was allocated before it."""
