@@ -49,6 +49,10 @@ class ScanBackend:
             their strides and run fastest on channel-last ones (``(batch, L, channels)`` in
             memory, see :mod:`.layout`): :func:`~.projected.selective_scan_projected` then
             projects the map channel-last, with no transposed copies.
+        op: the backend's own registered op with its autograd formula, called instead of
+            the generic custom op: ``op(u, delta, A, B, C, D, delta_bias, orders,
+            order_index, delta_softplus) -> (y, saved)`` (the Triton backend's
+            ``torch.library.triton_op``, whose kernels torch.compile can see).
         projects_delta: ``fn`` and ``backward`` take ``delta_proj_weight=`` ``(K, D, R)``
             with ``delta`` its low-rank ``(batch, K, R, L)`` input (see
             :func:`~.interface.selective_scan`), and ``backward`` then returns its gradient
@@ -65,6 +69,7 @@ class ScanBackend:
     traceable: bool = False
     channels_last: bool = False
     projects_delta: bool = False
+    op: Optional[Callable[..., Tuple[Tensor, Tensor]]] = None
 
 
 _BACKENDS: Dict[str, ScanBackend] = {}
@@ -131,4 +136,5 @@ if triton_scan is not None:
                     supports=lambda device: device.type == 'cuda' or triton_scan.INTERPRETED,
                     auto=lambda device: device.type == 'cuda', priority=20,
                     backward=triton_scan.selective_scan_triton_backward, gathers_orders=True,
-                    saved_shape=triton_scan.saved_states_shape))
+                    saved_shape=triton_scan.saved_states_shape,
+                    op=triton_scan.selective_scan_triton_op))

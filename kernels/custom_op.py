@@ -118,9 +118,14 @@ def _backward(ctx, grad_y, _grad_saved):
     # and the C kernel reads each step's channels as one vector.
     grads = selective_scan_backward_op(in_layout_of(grad_y, u), *inputs, saved, orders,
                                        order_index, ctx.delta_softplus, ctx.backend)
-    needed = ctx.needs_input_grad[:8]
+    return input_grads(grads, inputs, ctx.needs_input_grad) + (None, ) * 4
+
+
+def input_grads(grads, inputs, needs_input_grad) -> Tuple[Optional[Tensor], ...]:
+    """The fp32 ``grads`` of a backward op (placeholders for absent inputs) as autograd wants
+    them: in each input's dtype, None where an input is absent or needs none."""
     return tuple(g.to(t.dtype) if need and t is not None else None
-                 for g, t, need in zip(grads, inputs, needed)) + (None, ) * 4
+                 for g, t, need in zip(grads, inputs, needs_input_grad))
 
 
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)

@@ -179,11 +179,13 @@ def selective_scan(u: Tensor,
 def _scan(impl, delta_softplus, u, delta, A, B, C, D, delta_bias, orders=None, order_index=None,
           delta_proj_weight=None):
     """One backend call: a backend of plain differentiable PyTorch ops (``traceable``) runs
-    as it is, under autograd, so exporters see standard ops; a backend with its own
-    backward runs as the custom op."""
+    as it is, under autograd, so exporters see standard ops; a backend with its own op runs
+    as that op, any other with its own backward as the generic custom op."""
     if impl.traceable:
         return impl.fn(u, delta, A, B, C, D, delta_bias, delta_softplus,
                        **scan_options(orders, order_index)).float()
+    if impl.op is not None:
+        return impl.op(u, delta, A, B, C, D, delta_bias, orders, order_index, delta_softplus)[0]
     y, _ = selective_scan_op(u, delta, A, B, C, D, delta_bias, delta_proj_weight, orders,
                              order_index, delta_softplus, impl.name)
     return y

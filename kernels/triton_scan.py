@@ -24,12 +24,15 @@ Gradients of the per-channel parameters (A, D, delta_bias) and of the group-shar
 are written per program and summed afterwards: no atomics, deterministic results.
 """
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from .custom_op import grad_placeholder, input_grads
 
 LOG2E = 1.4426950408889634
 INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
@@ -301,7 +304,7 @@ def selective_scan_triton(u: Tensor,
     y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
     states = torch.empty(batch, k * dim, n_chunks, n_state, device=u.device)
     ordered = orders is not None
-    _scan_fwd_kernel[(batch, triton.cdiv(dim, block_d))](
+    wrap_triton(_scan_fwd_kernel)[(batch, triton.cdiv(dim, block_d))](
         u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], y,
         states, length, dim, k, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
         *B.stride()[:3], *C.stride()[:3], *order_args[2:], y.stride(0), y.stride(1),
@@ -341,7 +344,7 @@ def selective_scan_triton_backward(grad_y: Tensor,
     dA = torch.empty(batch, k * dim, n_state, device=dev)
     dD = torch.empty(batch, k * dim, device=dev)
     dbias = torch.empty_like(dD)
-    _scan_bwd_kernel[(batch, n_blocks)](
+    wrap_triton(_scan_bwd_kernel)[(batch, n_blocks)](
         u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], grad_y,
         states, du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, u.stride(0), u.stride(1),
         delta.stride(0), delta.stride(1), *B.stride()[:3], *C.stride()[:3], *order_args[2:],
@@ -351,3 +354,47 @@ def selective_scan_triton_backward(grad_y: Tensor,
         ORDERED=ordered, HAS_INDEX=order_index is not None)
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
             None if delta_bias is None else dbias.sum(0))
+
+
+# The Triton scan as its own op (torch.library.triton_op): torch.compile sees the kernels
+# inside it and inductor launches them from its generated code, where the generic custom op
+# would be an opaque call. Its fake implementation is the host code above run on fake
+# tensors: nothing to keep in step by hand.
+@triton_op('quadmamba::selective_scan_triton', mutates_args=())
+def selective_scan_triton_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                             D: Optional[Tensor], delta_bias: Optional[Tensor],
+                             orders: Optional[Tensor], order_index: Optional[Tensor],
+                             delta_softplus: bool) -> Tuple[Tensor, Tensor]:
+    """:func:`selective_scan_triton` as an op: ``(y, chunk-end states)``."""
+    return selective_scan_triton(u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
+                                 order_index)
+
+
+@triton_op('quadmamba::selective_scan_triton_backward', mutates_args=())
+def selective_scan_triton_backward_op(grad_y: Tensor, u: Tensor, delta: Tensor, A: Tensor,
+                                      B: Tensor, C: Tensor, D: Optional[Tensor],
+                                      delta_bias: Optional[Tensor], states: Tensor,
+                                      orders: Optional[Tensor], order_index: Optional[Tensor],
+                                      delta_softplus: bool) -> List[Tensor]:
+    """fp32 gradients of ``(u, delta, A, B, C, D, delta_bias)``; empty for absent inputs."""
+    grads = selective_scan_triton_backward(grad_y, u, delta, A, B, C, D, delta_bias,
+                                           delta_softplus, states, orders, order_index)
+    return [grad_placeholder(u) if g is None else g for g in grads]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, orders, order_index, delta_softplus = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1], orders, order_index)
+    ctx.delta_softplus = delta_softplus
+
+
+def _backward(ctx, grad_y, _grad_states):
+    u, delta, A, B, C, D, delta_bias, states, orders, order_index = ctx.saved_tensors
+    grads = selective_scan_triton_backward_op(grad_y, u, delta, A, B, C, D, delta_bias, states,
+                                              orders, order_index, ctx.delta_softplus)
+    return input_grads(grads, (u, delta, A, B, C, D, delta_bias),
+                       ctx.needs_input_grad) + (None, ) * 3
+
+
+selective_scan_triton_op.register_autograd(_backward, setup_context=_setup_context)

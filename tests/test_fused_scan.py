@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from quadmamba_kernels import ScanOrders, available_backends, resolve_backend, selective_scan
 
@@ -35,6 +36,63 @@ def test_triton_is_the_cuda_backend():
         pytest.skip('no CUDA device')
     assert 'triton' in available_backends('cuda'), 'triton backend unavailable on CUDA'
     assert resolve_backend('auto', torch.device('cuda')).name == 'triton'
+TRITON = pytest.mark.skipif('triton' not in available_backends(DEVICE),
+                            reason='triton is not installed')
+
+
+class OpLog(TorchDispatchMode):
+    """The ops dispatched while it is active."""
+
+    def __enter__(self):
+        self.ops = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@TRITON
+def test_triton_runs_as_its_own_triton_op():
+    """Forward and backward run as torch.library.triton_op ops, whose kernels torch.compile
+    sees (on a GPU inductor launches them itself), not as the generic opaque op."""
+    inputs = make_inputs(batch=1, length=20)
+    with OpLog() as log:
+        y, grads = scan_and_grads(inputs, 'triton')
+    assert 'quadmamba.selective_scan_triton.default' in log.ops
+    assert 'quadmamba.selective_scan_triton_backward.default' in log.ops
+    assert not any(op.startswith('quadmamba.selective_scan.') for op in log.ops)
+
+
+@pytest.mark.skipif(DEVICE != 'cuda', reason='inductor compiles Triton kernels on a GPU only')
+@pytest.mark.parametrize('training', [False, True])
+def test_inductor_launches_the_triton_scan(training):
+    """A tiny backbone compiled by inductor on the GPU, with the Triton scan inside the graph:
+    the same outputs and gradients as eager."""
+    from torch._inductor.utils import run_and_get_code
+
+    from tiny import tiny_backbone
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = tiny_backbone(depths=(1, 1, 1, 1), out_indices=(0, 1, 2, 3),
+                          quadtree_fixed_window=0).to(DEVICE).train(training)
+    x = torch.randn(2, 3, 67, 45, device=DEVICE)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.set_grad_enabled(training):
+        eager = model(x)
+        out, code = run_and_get_code(compiled, x)
+    assert any('_scan_fwd_kernel' in c for c in code)  # launched from inductor's own code
+    outs = [eager, out]
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    if training:
+        grads = [torch.autograd.grad(sum(o.square().sum() for o in out), model.parameters(),
+                                     allow_unused=True) for out in outs]
+        for a, b in zip(*grads):
+            if a is not None:
+                torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
 # mamba's test tolerances for fp32 and bf16 inputs; ours are relative to the largest value.
 TOLERANCE = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-5, 1e-2)}
 
