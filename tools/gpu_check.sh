@@ -35,7 +35,7 @@ DRY_TESTS_K="without_D or cross_scan_orders_in_place or (matches_reference_fp32 
 MODELS=(quadmamba:s quadmamba:t timm:swin_tiny_patch4_window7_224 timm:convnext_tiny)
 SIZES=(224 512 1024)
 BATCHES=(128 32 8)
-LIMIT_SETUP=60 LIMIT_TESTS=150 LIMIT_SCAN=90 LIMIT_BACKBONE=180
+LIMIT_SETUP=60 LIMIT_TESTS=180 LIMIT_SCAN=90 LIMIT_BACKBONE=150
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu_check: $*" >&2; exit 2; }
