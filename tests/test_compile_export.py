@@ -69,6 +69,21 @@ def test_fullgraph_compile_equals_eager(training):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('training', [False, True])
+def test_one_dynamic_graph_serves_every_size(training):
+    """With sizes compiled as dynamic (dynamic=True, or torch.compile's own choice after a
+    second size), the order tables are built in the graph: one graph, every size."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = tiny(quadtree_fixed_window=0).train(training)
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True, dynamic=True)
+    for size in ((64, 64), (67, 45)):
+        x = torch.randn(1, 3, *size)
+        with torch.set_grad_enabled(training):
+            for a, b in zip(compiled(x), model(x)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_inductor_compiles_the_backbone():
     torch._dynamo.reset()

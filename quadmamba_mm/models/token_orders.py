@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.utils._python_dispatch import _disable_current_modes
 
 from quadmamba_kernels import ScanOrders
@@ -62,6 +63,12 @@ def _device_name(device) -> str:
     return str(torch.device('cpu' if device is None else device))
 
 
+def _build(builder, args: tuple, device):
+    built = builder(*args)
+    device = _device_name(device)
+    return tuple(t.to(device) for t in built) if isinstance(built, tuple) else built.to(device)
+
+
 # torch.compile runs this for real (it returns a constant name) instead of tracing the build
 # into the graph, where it would run again on every call. It returns a name, not the tables:
 # compile reads them as attributes of ``_TABLES``, each under its own name.
@@ -74,9 +81,7 @@ def _table_name(builder, args: tuple, device) -> str:
         # program) and inference mode (a cache filled there must serve autograd too).
         with torch._C.DisableTorchFunction(), _disable_current_modes(), torch.inference_mode(
                 False) if torch.is_inference_mode_enabled() else nullcontext():
-            built = builder(*args)
-            found = (tuple(t.to(key[2]) for t in built)
-                     if isinstance(built, tuple) else built.to(key[2]))
+            found = _build(builder, args, device)
         name = f'{builder.__name__.strip("_")}_{len(_TABLES.names)}'
         setattr(_TABLES, name, found)
         _TABLES.names[key] = name
@@ -86,7 +91,18 @@ def _table_name(builder, args: tuple, device) -> str:
 def _cached(builder, *args, device=None):
     """``builder(*args)`` (tensors or a tuple of them) on ``device``, built once and kept: a
     forward pass never builds or copies index tensors again, compiled or exported too."""
+    if not all(_known(a) for arg in args for a in (arg if isinstance(arg, tuple) else (arg, ))):
+        # A size torch.compile treats as dynamic: the build is traced, so that one graph
+        # serves every size (and builds the tables on every call).
+        return _build(builder, args, device)
     return getattr(_TABLES, _table_name(builder, args, device))
+
+
+def _known(value) -> bool:
+    """Whether a size argument has one known value: a plain int in eager mode, not a dynamic
+    size while torch.compile traces (a symbol without an upper bound, which torch.compile
+    passes off as an int to ``isinstance``) nor a size the ONNX tracer records as a tensor."""
+    return value is None or isinstance(value, int) and statically_known_true(value < 2**62)
 
 
 def _coarse_window_ids(height: int, width: int, grid: int) -> Tensor:
@@ -213,7 +229,8 @@ class CrossScanOrders(ScanOrders):
 
 
 def _checked(orders: Tensor) -> Tuple[Tensor, Tensor]:
-    checked = ScanOrders(orders)  # the permutation check (a sync), once per cached table
+    # The permutation check (a sync), once per cached table; not while a compiler traces.
+    checked = ScanOrders(orders, check=not torch.compiler.is_compiling())
     return checked.orders, checked.inverses
 
 
@@ -233,7 +250,8 @@ def _quadtree_relabelings(height: int, width: int, grid: int, split: int,
     # relabel[w, g, k, p] = orders[w, k, inverses[g, k, p]]
     relabel = orders[:, None].expand(candidates, candidates, directions, length).gather(
         -1, inverses[None].expand(candidates, candidates, directions, length))
-    if not bool((relabel == relabel[:, :, :1]).all()):  # once per cached table (a sync)
+    # Checked once per cached table (a sync); not while a compiler traces.
+    if not torch.compiler.is_compiling() and not bool((relabel == relabel[:, :, :1]).all()):
         raise ValueError('the quadtree directions must visit the tokens of every candidate '
                          'in one order (forward and reversed) to pass the window choice its '
                          'gradient through the map')
