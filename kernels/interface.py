@@ -157,8 +157,7 @@ def selective_scan(u: Tensor,
     impl = resolve_backend(backend, u.device)
     with torch.autocast(device_type=u.device.type, enabled=False):
         if delta_proj_weight is not None and not impl.projects_delta:  # fp32, as in kernels
-            delta = torch.einsum('bkrl,kdr->bkdl', delta.float(),
-                                 delta_proj_weight.float()).flatten(1, 2)
+            delta = torch.matmul(delta_proj_weight.float(), delta.float()).flatten(1, 2)
             delta_proj_weight = None
         if orders is None or impl.gathers_orders:
             index = None if order_index is None else order_index.to(torch.int32)
