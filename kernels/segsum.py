@@ -32,10 +32,12 @@ def linear_recurrence(dA: Tensor, b: Tensor, block: int = BLOCK) -> Tensor:
     # Padding steps have dA = 0 (decay 1) and b = 0: they carry the state unchanged.
     dA = F.pad(dA, (0, pad)).unflatten(-1, (-1, block))
     b = F.pad(b, (0, pad)).unflatten(-1, (-1, block))
-    decay = dA.exp()
-    states = [b[..., 0]]  # each block started from zero
+    # The BLOCK steps of every block as one split each (exported: one Split node, where
+    # indexing step by step gave BLOCK strided Gathers).
+    decay, b_steps = dA.exp().unbind(-1), b.unbind(-1)
+    states = [b_steps[0]]  # each block started from zero
     for step in range(1, block):
-        states.append(decay[..., step] * states[-1] + b[..., step])
+        states.append(decay[step] * states[-1] + b_steps[step])
     h = torch.stack(states, -1)
     if h.shape[-2] > 1:
         S = dA.cumsum(-1)  # log of the decay from each block's start, no differences taken
