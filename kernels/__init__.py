@@ -2,7 +2,8 @@
 
 ``selective_scan`` is the entry point; backends (``reference``, ``cpu``, ``chunked``,
 ``triton``, ``segsum``) share the mamba signature and are picked by name or by ``'auto'``. The scan
-runs as the custom op ``torch.ops.quadmamba.selective_scan``.
+runs as the custom op ``torch.ops.quadmamba.selective_scan`` (the Triton backend as
+``torch.ops.quadmamba.selective_scan_triton``).
 """
 from .backends import (ScanBackend, available_backends, get_backend, register_backend,
                        resolve_backend)

@@ -1,9 +1,11 @@
 """The selective scan as a PyTorch custom op: ``torch.ops.quadmamba.selective_scan``.
 
-One op for every backend with a hand-written backward (``chunked``, ``triton``):
+One op for every backend with a hand-written backward (``chunked``, ``cpu``):
 ``torch.compile`` and ``torch.export`` see a single node with a fake (shape-only)
 implementation instead of tracing into the backend, so the run-time chunk length of the
-chunked scan or a Triton launch never breaks a graph. The backward pass is a second op,
+chunked scan or a compiled library call never breaks a graph. A backend may bring its own
+op instead (``ScanBackend.op``): the Triton backend's ``torch.library.triton_op``, whose
+kernels torch.compile can see (see :mod:`.triton_scan`). The backward pass is a second op,
 ``quadmamba::selective_scan_backward``, registered as the first one's autograd formula.
 
 Both ops take the backend by its registered name (``'auto'`` is resolved before), the
