@@ -2,10 +2,10 @@
 import pytest
 import torch
 
+from quadmamba_kernels.map_order import to_map_order, to_scan_order
 from quadmamba_mm.models.quadtree import choose_window, window_scores, with_choice_gradient
 from quadmamba_mm.models.token_orders import (coarse_window_ids, cross_scan_orders,
-                                              cross_scan_orders_of, gather_sequences,
-                                              merge_sequences, quadtree_orders,
+                                              cross_scan_orders_of, quadtree_orders,
                                               quadtree_relabelings, quadtree_scan_orders,
                                               split_bounds)
 
@@ -32,10 +32,10 @@ def test_gather_then_merge_restores_the_map(height, width):
     x = torch.randn(2, 3, height * width)
     orders, inverses = quadtree_orders(height, width)
     for choice in range(4):
-        seq = gather_sequences(x, orders[choice:choice + 1])
-        torch.testing.assert_close(merge_sequences(seq, inverses[choice:choice + 1]), 2 * x)
+        seq = to_scan_order(x[:, None], orders[choice:choice + 1])
+        torch.testing.assert_close(to_map_order(seq, inverses[choice:choice + 1]), 2 * x)
     order, inverse = cross_scan_orders(height, width)
-    torch.testing.assert_close(merge_sequences(gather_sequences(x, order), inverse), 4 * x)
+    torch.testing.assert_close(to_map_order(to_scan_order(x[:, None], order), inverse), 4 * x)
 
 
 def window_of(token, height, width, bounds_r, bounds_c):
@@ -75,9 +75,9 @@ def test_cross_scan_fast_path_equals_the_orders(height, width):
     order, inverse = cross_scan_orders(height, width)
     fast = cross_scan_orders_of(height, width)
     seq = fast.to_scan_order(x[:, None])
-    torch.testing.assert_close(seq, gather_sequences(x, order), rtol=0, atol=0)
+    torch.testing.assert_close(seq, to_scan_order(x[:, None], order), rtol=0, atol=0)
     y = torch.randn_like(seq)
-    torch.testing.assert_close(fast.to_map_order(y), merge_sequences(y, inverse))
+    torch.testing.assert_close(fast.to_map_order(y), to_map_order(y, inverse))
 
 
 def test_cross_scan_directions():
@@ -108,7 +108,7 @@ def test_choice_gradient_is_the_sequence_masking_gradient(grid, split, shift):
     scanned = orders.to_scan_order(gated[:, None], picked)
     grad = torch.randn_like(scanned)  # any gradient with respect to the sequences
     gx, gl = torch.autograd.grad(scanned, [x, logits], grad, retain_graph=True)
-    explicit = sum(choice[:, g, None, None, None] * gather_sequences(x, orders.orders[g:g + 1])
+    explicit = sum(choice[:, g, None, None, None] * to_scan_order(x[:, None], orders.orders[g:g + 1])
                    for g in range(grid * grid))
     ex, el = torch.autograd.grad(explicit, [x, logits], grad)
     torch.testing.assert_close(gx, ex)

@@ -30,7 +30,6 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.utils._python_dispatch import _disable_current_modes
 
 from quadmamba_kernels import ScanOrders
-from quadmamba_kernels.map_order import to_map_order, to_scan_order
 
 Shift = Optional[Tuple[int, int]]
 
@@ -180,21 +179,11 @@ def check_quadtree_size(height: int, width: int, grid: int, split: int) -> None:
 
 def cross_merge(y: Tensor, height: int, width: int) -> Tensor:
     """``(B, 4, D, H*W)`` cross-scan outputs -> ``(B, D, H*W)``, back in map order and
-    summed; equal to ``merge_sequences`` with the cross-scan inverses, without a gather."""
+    summed; equal to ``to_map_order`` with the cross-scan inverses, without a gather."""
     batch, _, dim, length = y.shape
     rows, cols, rows_back, cols_back = y.unbind(1)  # not y[:, k]: no zero-filled gradients
     cols = (cols + cols_back.flip(-1)).view(batch, dim, width, height).transpose(2, 3)
     return (rows + rows_back.flip(-1)).add_(cols.reshape(batch, dim, length))
-
-
-def gather_sequences(x: Tensor, order: Tensor) -> Tensor:
-    """``(B, D, L)`` map and ``(1 or B, K, L)`` orders -> ``(B, K, D, L)`` sequences."""
-    return to_scan_order(x[:, None], order)
-
-
-def merge_sequences(y: Tensor, inverse: Tensor) -> Tensor:
-    """``(B, K, D, L)`` scan outputs back to map order, summed over K -> ``(B, D, L)``."""
-    return to_map_order(y, inverse)
 
 
 def shifted(orders: Tensor, height: int, width: int, shift: Shift) -> Tensor:
