@@ -11,8 +11,9 @@ kernels torch.compile can see (see :mod:`.triton_scan`). The backward pass is a 
 Both ops take the backend by its registered name (``'auto'`` is resolved before), the
 optional map-order layout (``orders``, ``order_index``) of the backends that read orders in
 place and the optional ``delta_proj_weight`` of those that project ``delta`` themselves
-(``delta`` is then its low-rank input). The first op returns ``(y, saved)``: ``saved`` is what the backend keeps for its
-backward (the Triton kernels' chunk-end states), an empty tensor when it keeps nothing.
+(``delta`` is then its low-rank input). The first op returns ``(y, saved)``: ``saved`` is
+what the backend keeps for its backward (the C kernel's chunk-end states), an empty tensor
+when it keeps nothing.
 """
 from typing import List, Optional, Tuple
 
