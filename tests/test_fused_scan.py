@@ -15,10 +15,11 @@ from test_selective_scan import assert_close_rel, make_inputs
 # Triton compiled on a GPU when there is one, else through the interpreter. Gated on the
 # device the tests use: on CUDA nothing is skipped (a missing backend fails below).
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+TRITON = pytest.mark.skipif(
+    DEVICE == 'cpu' and 'triton' not in available_backends('cpu'),
+    reason='triton is not installed (on the CPU these tests need its interpreter)')
 FUSED = [
-    pytest.param(('triton', DEVICE), id='triton', marks=pytest.mark.skipif(
-        DEVICE == 'cpu' and 'triton' not in available_backends('cpu'),
-        reason='triton is not installed (on the CPU these tests need its interpreter)')),
+    pytest.param(('triton', DEVICE), id='triton', marks=TRITON),
     pytest.param(('cpu', 'cpu'), id='cpu', marks=pytest.mark.skipif(
         'cpu' not in available_backends('cpu'), reason='the C kernel could not be built')),
 ]
@@ -36,8 +37,6 @@ def test_triton_is_the_cuda_backend():
         pytest.skip('no CUDA device')
     assert 'triton' in available_backends('cuda'), 'triton backend unavailable on CUDA'
     assert resolve_backend('auto', torch.device('cuda')).name == 'triton'
-TRITON = pytest.mark.skipif('triton' not in available_backends(DEVICE),
-                            reason='triton is not installed')
 
 
 class OpLog(TorchDispatchMode):
