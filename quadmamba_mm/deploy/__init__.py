@@ -1,0 +1,1 @@
+"""Deployment: whole models exported to ONNX with standard operators."""
