@@ -34,7 +34,7 @@ from torch.library import triton_op, wrap_triton
 
 from .custom_op import grad_placeholder, input_grads
 
-LOG2E = 1.4426950408889634
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
