@@ -454,6 +454,14 @@ class QuadMamba(BaseModule):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def init_weights(self) -> None:
+        """mmengine's ``init_weights``, with a ``Pretrained`` init_cfg checked: the checkpoint
+        must fit the backbone (``quadmamba_mm.checkpoints.fit``; the config's
+        ``checkpoint_fit`` setting relaxes it), and a local file that does not exist warns
+        once and leaves the random initialisation."""
+        from ..checkpoints.fit import init_weights_checked
+        init_weights_checked(self, super().init_weights)
+
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f'QuadMamba expects a 4-D (N, C, H, W) tensor, got shape '
