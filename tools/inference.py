@@ -24,6 +24,7 @@ import numpy as np
 from mmengine.config import Config
 
 from quadmamba_mm.runtime.images import list_images, run_per_image
+from quadmamba_mm.checkpoints.fit import exit_unless_fits
 from quadmamba_mm.checkpoints.resume import check_checkpoint
 from quadmamba_mm.runtime.toolbox import toolbox_of
 
@@ -129,8 +130,11 @@ def main():
         images = list_images(args.input)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
-    predictor = Predictor(toolbox_of(Config.fromfile(args.config)), args.config,
-                          args.checkpoint, args.device, args.out_dir, args.score_thr)
+    config = Config.fromfile(args.config)
+    predictor = Predictor(toolbox_of(config), args.config, args.checkpoint, args.device,
+                          args.out_dir, args.score_thr)
+    # The inferencers load non-strictly: every tensor of the model must be in the checkpoint.
+    exit_unless_fits(predictor.inferencer.model, args.checkpoint, config.get('checkpoint_fit'))
 
     def handle(path, image):
         try:

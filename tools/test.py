@@ -14,6 +14,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from quadmamba_mm.checkpoints.fit import add_checkpoint_fit_hook, exit_on_checkpoint_errors
 from quadmamba_mm.checkpoints.resume import check_checkpoint
 from quadmamba_mm.runtime.distributed import finish_distributed, init_cpu_distributed
 from quadmamba_mm.runtime.launch import add_common_args, load_config
@@ -56,6 +57,7 @@ def main():
     toolbox = toolbox_of(cfg)
     check_checkpoint(args.checkpoint)
     cfg.load_from = args.checkpoint
+    add_checkpoint_fit_hook(cfg, evaluate=True)  # every tensor of the model must load
 
     if args.show or args.show_dir:
         enable_visualization(cfg, toolbox, args)
@@ -75,7 +77,7 @@ def main():
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
-    runner.test()
+    exit_on_checkpoint_errors(runner.test)
     finish_distributed()
 
 

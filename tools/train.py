@@ -16,6 +16,7 @@ import argparse
 import torch
 from mmengine.runner import Runner
 
+from quadmamba_mm.checkpoints.fit import add_checkpoint_fit_hook, exit_on_checkpoint_errors
 from quadmamba_mm.checkpoints.resume import (check_checkpoint, check_resume_matches,
                                              latest_complete_checkpoint)
 from quadmamba_mm.runtime.distributed import finish_distributed, init_cpu_distributed
@@ -58,10 +59,11 @@ def main():
 
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_distributed(cfg, args.launcher)
+    add_checkpoint_fit_hook(cfg)  # load_from and Pretrained init_cfgs must fit the model
     runner = Runner.from_cfg(cfg)
     if cfg.get('resume') and cfg.load_from:
         check_resume_matches(runner.model, cfg.load_from)
-    runner.train()
+    exit_on_checkpoint_errors(runner.train)
     finish_distributed()
 
 

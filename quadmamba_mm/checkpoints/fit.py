@@ -50,7 +50,7 @@ import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.hooks import Hook
@@ -579,5 +579,14 @@ def exit_unless_fits(model: nn.Module, path: str, settings: Optional[dict] = Non
     (no traceback) when the file is bad or does not fit."""
     try:
         return check_file_fit(model, path, policy, settings)
+    except (CheckpointFileError, CheckpointFitError) as error:
+        raise SystemExit(str(error)) from None
+
+
+def exit_on_checkpoint_errors(run: Callable[[], Any]) -> Any:
+    """For command-line tools: call ``run`` (``runner.train``, ``runner.test``) and end the
+    program with the message, no traceback, when a checkpoint is unreadable or does not fit."""
+    try:
+        return run()
     except (CheckpointFileError, CheckpointFitError) as error:
         raise SystemExit(str(error)) from None

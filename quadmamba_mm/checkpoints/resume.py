@@ -1,12 +1,14 @@
 """Checking checkpoints before a run uses them: complete, readable, matching the model."""
 import os
 import os.path as osp
-import pickle
 import re
 import zipfile
 from typing import Optional
 
 import torch
+
+from .fit import (CheckpointFileError, CheckpointFitError, check_fit, read_checkpoint,
+                  state_dict_of)
 
 
 def latest_complete_checkpoint(work_dir: str) -> Optional[str]:
@@ -44,35 +46,22 @@ def latest_complete_checkpoint(work_dir: str) -> Optional[str]:
 
 def check_checkpoint(path: str) -> None:
     """Exit with a clear message when ``path`` is not a readable torch checkpoint."""
-    if not os.path.isfile(path):
-        raise SystemExit(f'checkpoint not found: {path}')
-    if not zipfile.is_zipfile(path):
-        raise SystemExit(f'{path} is not a torch checkpoint (not a zip archive: truncated or '
-                         'corrupt?)')
     try:
-        torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
-        raise SystemExit(f'cannot read checkpoint {path}: {error}') from None
+        read_checkpoint(path)
+    except CheckpointFileError as error:
+        raise SystemExit(str(error)) from None
 
 
 def check_resume_matches(model: torch.nn.Module, path: str) -> None:
     """Exit with the differing keys when a checkpoint to resume from does not fit ``model``.
 
     mmengine resumes non-strictly (mismatches are only logged), which would continue a
-    different model from a half-loaded state.
+    different model from a half-loaded state. The check is :func:`check_fit`'s ``'resume'``
+    policy: exactly the model's keys and shapes.
     """
-    check_checkpoint(path)
-    saved = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    saved = saved.get('state_dict', saved)
-    model = getattr(model, 'module', model)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    wrong = [f'{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(expected[k])} in the model'
-             for k in sorted(set(saved) & set(expected)) if saved[k].shape != expected[k]]
-    if missing or unexpected or wrong:
-        def head(keys):
-            return f'{keys[:5]}{" ..." if len(keys) > 5 else ""} ({len(keys)})'
-        raise SystemExit(f'cannot resume from {path}: it does not match the model of this config. '
-                         f'missing {head(missing)}, unexpected {head(unexpected)}, '
-                         f'wrong shapes {head(wrong)}')
+    try:
+        check_fit(model, state_dict_of(read_checkpoint(path)), path, 'resume', logger=None)
+    except CheckpointFileError as error:
+        raise SystemExit(str(error)) from None
+    except CheckpointFitError as error:
+        raise SystemExit(f'cannot resume from {path}: {error}') from None
