@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from . import available_backends, selective_scan
+from .fake_cuda import is_faking
 
 QUADMAMBA_S = [(128, 2, 192, 1, 3136), (128, 4, 768, 1, 196)]
 # --tiny: the same K and layouts at sizes that take milliseconds (interpreted Triton included).
@@ -45,8 +46,9 @@ TINY_SHAPE = (1, 2, 2, 1, 32)
 
 
 def make_inputs(batch, k, dim, n_state, length, device, dtype, ordered=False):
-    # Drawn on the device: at batch 128 the CPU would take seconds per tensor.
-    g = torch.Generator(device).manual_seed(0)
+    # Drawn on the device: at batch 128 the CPU would take seconds per tensor. Fake tensors
+    # (the compile check) have no data and a fake device has no generator.
+    g = None if is_faking() else torch.Generator(device).manual_seed(0)
     channels = k * dim
 
     def randn(*shape, scale=1.0):

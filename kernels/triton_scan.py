@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from .custom_op import grad_placeholder, input_grads
+from .layout import empty_in_layout_of
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
@@ -64,20 +65,21 @@ def _order_base(order_ptr, index_ptr, b, stride_order_set, HAS_INDEX: tl.constex
 
 
 @triton.jit
-def _positions(order_ptr, k, steps, L, so_k, ORDERED: tl.constexpr):
+def _positions(order_ptr, k, steps, L, stride_order_dir, ORDERED: tl.constexpr):
     """The positions in memory of scan steps ``steps`` of direction k, and their mask."""
     mask_l = steps < L
     pos = steps
     if ORDERED:
-        pos = tl.load(order_ptr + k * so_k + steps, mask=mask_l, other=0)
+        pos = tl.load(order_ptr + k * stride_order_dir + steps, mask=mask_l, other=0)
     return pos, mask_l
 
 
 @triton.jit
-def _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS: tl.constexpr,
-           SOFTPLUS: tl.constexpr):
+def _delta(dt_ptr, bias_ptr, ch, pos, mask, mask_d, stride_dt_channel, stride_dt_step,
+           HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """``z = delta + bias`` and the step size ``softplus(z)`` (or z), in fp32."""
-    z = tl.load(dt_ptr + b * sdt_b + ch[:, None] * sdt_c + pos[None, :], mask=mask, other=0.0)
+    z = tl.load(dt_ptr + ch[:, None] * stride_dt_channel + pos[None, :] * stride_dt_step,
+                mask=mask, other=0.0)
     z = z.to(tl.float32)
     if HAS_BIAS:
         z += tl.load(bias_ptr + ch, mask=mask_d, other=0.0)[:, None]
@@ -88,26 +90,43 @@ def _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS: t
 
 
 @triton.jit
-def _chunk_inputs(u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, steps, mask_d, L, su_b,
-                  su_c, sdt_b, sdt_c, so_k, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+def _chunk_inputs(u_ptr, dt_ptr, bias_ptr, order_ptr, k, ch, uch, steps, mask_d, L,
+                  stride_u_channel, stride_u_step, stride_dt_channel, stride_dt_step,
+                  stride_order_dir, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                   ORDERED: tl.constexpr):
     """Positions, masks, u, ``delta + bias`` and the step size at scan steps ``steps``."""
-    pos, mask_l = _positions(order_ptr, k, steps, L, so_k, ORDERED)
+    pos, mask_l = _positions(order_ptr, k, steps, L, stride_order_dir, ORDERED)
     mask = mask_d[:, None] & mask_l[None, :]
-    u = tl.load(u_ptr + b * su_b + uch[:, None] * su_c + pos[None, :], mask=mask, other=0.0)
-    z, dt = _delta(dt_ptr, bias_ptr, b, ch, pos, mask, mask_d, sdt_b, sdt_c, HAS_BIAS, SOFTPLUS)
+    u = tl.load(u_ptr + uch[:, None] * stride_u_channel + pos[None, :] * stride_u_step,
+                mask=mask, other=0.0)
+    z, dt = _delta(dt_ptr, bias_ptr, ch, pos, mask, mask_d, stride_dt_channel, stride_dt_step,
+                   HAS_BIAS, SOFTPLUS)
     return pos, mask_l, mask, u.to(tl.float32), z, dt
 
 
+# Kernel arguments, grouped: pointers; sizes; strides of each tensor as (batch, channel or
+# group, state, step); then the constexprs. A sample's base offset is int64 (``b`` times a
+# batch stride can pass 2**31); offsets inside one sample are int32, which the host checks.
 @triton.jit
 def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, index_ptr,
-                     y_ptr, state_ptr, L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n,
-                     sC_b, sC_k, sC_n, so_g, so_k, sy_b, sy_c,
+                     y_ptr, state_ptr,
+                     L, DIM, K,
+                     stride_u_batch, stride_u_channel, stride_u_step,
+                     stride_dt_batch, stride_dt_channel, stride_dt_step,
+                     stride_B_batch, stride_B_group, stride_B_state, stride_B_step,
+                     stride_C_batch, stride_C_group, stride_C_state, stride_C_step,
+                     stride_order_set, stride_order_dir,
+                     stride_y_batch, stride_y_channel, stride_y_step,
                      N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_L: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr, HAS_INDEX: tl.constexpr):
-    b = tl.program_id(0)
-    order_ptr = _order_base(order_ptr, index_ptr, b, so_g, HAS_INDEX)
+    b = tl.program_id(0).to(tl.int64)
+    order_ptr = _order_base(order_ptr, index_ptr, b, stride_order_set, HAS_INDEX)
+    u_ptr += b * stride_u_batch
+    dt_ptr += b * stride_dt_batch
+    B_ptr += b * stride_B_batch
+    C_ptr += b * stride_C_batch
+    y_ptr += b * stride_y_batch
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < DIM
     cols = tl.arange(0, NP)
@@ -123,15 +142,18 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
         carry = tl.zeros([BLOCK_D, NP], tl.float32)
         for c in range(n_chunks):
             pos, mask_l, mask, u, _, dt = _chunk_inputs(
-                u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
-                su_b, su_c, sdt_b, sdt_c, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
+                u_ptr, dt_ptr, bias_ptr, order_ptr, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
+                stride_u_channel, stride_u_step, stride_dt_channel, stride_dt_step,
+                stride_order_dir, HAS_BIAS, SOFTPLUS, ORDERED)
             dtu = dt * u
             y = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
             if HAS_D:
                 y = u * tl.load(D_ptr + ch, mask=mask_d, other=0.0)[:, None]
             for n in tl.static_range(N):
-                Bn = tl.load(B_ptr + b * sB_b + k * sB_k + n * sB_n + pos, mask=mask_l, other=0.0)
-                Cn = tl.load(C_ptr + b * sC_b + k * sC_k + n * sC_n + pos, mask=mask_l, other=0.0)
+                Bn = tl.load(B_ptr + k * stride_B_group + n * stride_B_state + pos * stride_B_step,
+                             mask=mask_l, other=0.0)
+                Cn = tl.load(C_ptr + k * stride_C_group + n * stride_C_state + pos * stride_C_step,
+                             mask=mask_l, other=0.0)
                 a = tl.where(mask, tl.exp2(dt * _column(A, cols, n)[:, None]), 1.0)
                 prod_a, h = tl.associative_scan((a, dtu * Bn.to(tl.float32)[None, :]), 1, _affine)
                 h += prod_a * _column(carry, cols, n)[:, None]
@@ -141,7 +163,7 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
                 carry = tl.where(cols[None, :] == n, last[:, None], carry)
             tl.store(state_ptr + ((b * K * DIM + ch[:, None]) * n_chunks + c) * N + cols[None, :],
                      carry, mask=mask_dn)
-            y_at = y_ptr + b * sy_b + uch[:, None] * sy_c + pos[None, :]
+            y_at = y_ptr + uch[:, None] * stride_y_channel + pos[None, :] * stride_y_step
             if ORDERED:  # add to the directions already written at these map positions
                 y += tl.load(y_at, mask=mask & (k > 0), other=0.0)
             tl.store(y_at, y, mask=mask)
@@ -152,13 +174,28 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
 @triton.jit
 def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, index_ptr,
                      dy_ptr, state_ptr, du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
-                     dbias_ptr, L, DIM, K, su_b, su_c, sdt_b, sdt_c, sB_b, sB_k, sB_n, sC_b,
-                     sC_k, sC_n, so_g, so_k, sdy_b, sdy_c, sdu_b, sdu_c,
+                     dbias_ptr,
+                     L, DIM, K,
+                     stride_u_batch, stride_u_channel, stride_u_step,
+                     stride_dt_batch, stride_dt_channel, stride_dt_step,
+                     stride_B_batch, stride_B_group, stride_B_state, stride_B_step,
+                     stride_C_batch, stride_C_group, stride_C_state, stride_C_step,
+                     stride_order_set, stride_order_dir,
+                     stride_dy_batch, stride_dy_channel, stride_dy_step,
+                     stride_du_batch, stride_du_channel, stride_du_step,
+                     stride_ddt_batch, stride_ddt_channel, stride_ddt_step,
                      N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_L: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, ORDERED: tl.constexpr, HAS_INDEX: tl.constexpr):
-    b = tl.program_id(0)
-    order_ptr = _order_base(order_ptr, index_ptr, b, so_g, HAS_INDEX)
+    b = tl.program_id(0).to(tl.int64)
+    order_ptr = _order_base(order_ptr, index_ptr, b, stride_order_set, HAS_INDEX)
+    u_ptr += b * stride_u_batch
+    dt_ptr += b * stride_dt_batch
+    B_ptr += b * stride_B_batch
+    C_ptr += b * stride_C_batch
+    dy_ptr += b * stride_dy_batch
+    du_ptr += b * stride_du_batch
+    ddt_ptr += b * stride_ddt_batch
     blk = tl.program_id(1)
     n_blocks = tl.num_programs(1)
     d = blk * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -185,26 +222,27 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
         for cc in range(n_chunks):
             c = n_chunks - 1 - cc
             pos, mask_l, mask, u, z, dt = _chunk_inputs(
-                u_ptr, dt_ptr, bias_ptr, order_ptr, b, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
-                su_b, su_c, sdt_b, sdt_c, so_k, HAS_BIAS, SOFTPLUS, ORDERED)
+                u_ptr, dt_ptr, bias_ptr, order_ptr, k, ch, uch, c * BLOCK_L + offs, mask_d, L,
+                stride_u_channel, stride_u_step, stride_dt_channel, stride_dt_step,
+                stride_order_dir, HAS_BIAS, SOFTPLUS, ORDERED)
             # delta one step later, for the gate a_{t+1} of the reverse recurrence
-            pos_next, mask_l_next = _positions(order_ptr, k, c * BLOCK_L + offs + 1, L, so_k,
-                                               ORDERED)
+            pos_next, mask_l_next = _positions(order_ptr, k, c * BLOCK_L + offs + 1, L,
+                                               stride_order_dir, ORDERED)
             mask_next = mask_d[:, None] & mask_l_next[None, :]
-            _, dt_next = _delta(dt_ptr, bias_ptr, b, ch, pos_next, mask_next, mask_d, sdt_b,
-                                sdt_c, HAS_BIAS, SOFTPLUS)
-            dy = tl.load(dy_ptr + b * sdy_b + uch[:, None] * sdy_c + pos[None, :], mask=mask,
-                         other=0.0).to(tl.float32)
+            _, dt_next = _delta(dt_ptr, bias_ptr, ch, pos_next, mask_next, mask_d,
+                                stride_dt_channel, stride_dt_step, HAS_BIAS, SOFTPLUS)
+            dy = tl.load(dy_ptr + uch[:, None] * stride_dy_channel + pos[None, :] * stride_dy_step,
+                         mask=mask, other=0.0).to(tl.float32)
             dtu = dt * u
             du = dy * D[:, None]
             dD += tl.sum(dy * u, axis=1)
             ddt = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
             for n in tl.static_range(N):
                 An = _column(A, cols, n)[:, None]
-                Bn = tl.load(B_ptr + b * sB_b + k * sB_k + n * sB_n + pos, mask=mask_l,
-                             other=0.0).to(tl.float32)[None, :]
-                Cn = tl.load(C_ptr + b * sC_b + k * sC_k + n * sC_n + pos, mask=mask_l,
-                             other=0.0).to(tl.float32)[None, :]
+                Bn = tl.load(B_ptr + k * stride_B_group + n * stride_B_state + pos * stride_B_step,
+                             mask=mask_l, other=0.0).to(tl.float32)[None, :]
+                Cn = tl.load(C_ptr + k * stride_C_group + n * stride_C_state + pos * stride_C_step,
+                             mask=mask_l, other=0.0).to(tl.float32)[None, :]
                 # Recompute the states of this chunk from the one saved before it.
                 h0 = tl.load(state_ptr + ((b * K * DIM + ch) * n_chunks + c - 1) * N + n,
                              mask=mask_d & (c > 0), other=0.0)
@@ -230,8 +268,10 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
                 ddt *= 1.0 / (1.0 + tl.exp(-tl.maximum(z, -80.0)))  # softplus' = sigmoid
             ddt = tl.where(mask, ddt, 0.0)
             dbias += tl.sum(ddt, axis=1)
-            tl.store(ddt_ptr + b * sdt_b + ch[:, None] * sdt_c + pos[None, :], ddt, mask=mask)
-            du_at = du_ptr + b * sdu_b + uch[:, None] * sdu_c + pos[None, :]
+            # Stored in the dtype of the ddt buffer (delta's): the cast is fused here.
+            tl.store(ddt_ptr + ch[:, None] * stride_ddt_channel + pos[None, :] * stride_ddt_step,
+                     ddt, mask=mask)
+            du_at = du_ptr + uch[:, None] * stride_du_channel + pos[None, :] * stride_du_step
             if ORDERED:
                 du += tl.load(du_at, mask=mask & (k > 0), other=0.0)
             tl.store(du_at, du, mask=mask)
@@ -242,11 +282,26 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
             tl.debug_barrier()
 
 
-def launch_blocks(length: int, dim: int) -> Tuple[int, int]:
-    """``(BLOCK_D, BLOCK_L)``: chunks of up to 512 steps, tiles of about 2048 elements."""
-    block_l = min(triton.next_power_of_2(length), 512)
-    block_d = min(triton.next_power_of_2(dim), max(1, 2048 // block_l))
-    return block_d, block_l
+# Observers of every kernel launch, called with ``(kernel, grid, args, kwargs)`` before it
+# runs: the compile check records the launches of real host code (see .compile_check).
+LAUNCH_OBSERVERS: List = []
+
+
+def _launch(kernel, grid: Tuple[int, ...], *args, **kwargs) -> None:
+    for observe in LAUNCH_OBSERVERS:
+        observe(kernel, grid, args, kwargs)
+    wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def launch_blocks(length: int, dim: int, backward: bool = False) -> Tuple[int, int, int]:
+    """``(BLOCK_D, BLOCK_L, num_warps)`` of a launch: tiles of BLOCK_D channels by chunks of
+    BLOCK_L <= 128 steps, 512 elements. The backward keeps about twice as many tiles alive as
+    the forward and spreads the same tile over twice the warps (its chunks must be the
+    forward's: the saved states are at their ends). Chosen with ``compile_check``: no spills,
+    and on sm_90 at least 16 resident warps per SM in the backward (docs/benchmarks.md)."""
+    block_l = min(triton.next_power_of_2(length), 128)
+    block_d = min(triton.next_power_of_2(dim), max(1, 512 // block_l))
+    return block_d, block_l, 8 if backward else 4
 
 
 def saved_states_shape(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> Tuple[int, ...]:
@@ -256,12 +311,18 @@ def saved_states_shape(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> Tuple[
         A.shape[1]
 
 
-def _prepare(u, delta, A, B, C):
-    """Contiguous inputs and the per-direction width."""
-    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-    A = A.float().contiguous()
-    k = B.shape[1]
-    return u, delta, A, B, C, k, delta.shape[1] // k
+def _sample_extent(t: Tensor) -> int:
+    """The largest element offset inside one sample of ``t`` (dims after the first)."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
+
+
+def _check_offsets(*tensors: Tensor) -> None:
+    """Offsets inside one sample are int32 in the kernels: say so instead of overflowing."""
+    for t in tensors:
+        if _sample_extent(t) >= 2**31:
+            raise ValueError(f'selective_scan_triton: one sample of a {tuple(t.shape)} tensor '
+                             f'with strides {t.stride()} spans {_sample_extent(t)} elements; '
+                             'the kernels index up to 2**31 - 1 within a sample')
 
 
 def _optional(t: Optional[Tensor], like: Tensor) -> Tensor:
@@ -279,6 +340,14 @@ def _order_arguments(orders: Optional[Tensor], order_index: Optional[Tensor],
     return orders, index, orders.stride(0), orders.stride(1)
 
 
+def _flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks) -> dict:
+    block_d, block_l, warps = blocks
+    return dict(N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d, BLOCK_L=block_l,
+                HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=delta_softplus, ORDERED=orders is not None,
+                HAS_INDEX=order_index is not None, num_warps=warps)
+
+
 def selective_scan_triton(u: Tensor,
                           delta: Tensor,
                           A: Tensor,
@@ -292,25 +361,28 @@ def selective_scan_triton(u: Tensor,
     """The selective scan of :func:`~quadmamba_kernels.reference.selective_scan_reference`
     (without orders) or of the ordered layout described in the module docstring.
 
+    ``u``, ``delta``, ``B`` and ``C`` are read through their strides (a channel-last map
+    included: no copies).
+
     Returns:
-        ``y`` in fp32 (``(B, K*D, L)``, or ``(B, D, L)`` in map order with ``orders``) and
-        the fp32 states at the chunk ends, for the backward pass.
+        ``y`` in fp32 in the layout of ``u`` (``(B, K*D, L)``, or ``(B, D, L)`` in map order
+        with ``orders``) and the fp32 states at the chunk ends, for the backward pass.
     """
-    u, delta, A, B, C, k, dim = _prepare(u, delta, A, B, C)
+    A = A.float().contiguous()
+    k = B.shape[1]
+    dim = delta.shape[1] // k
     order_args = _order_arguments(orders, order_index, A)
     batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
-    block_d, block_l = launch_blocks(length, dim)
-    n_chunks = triton.cdiv(length, block_l)
-    y = torch.empty(u.shape, dtype=torch.float32, device=u.device)
+    blocks = launch_blocks(length, dim)
+    n_chunks = triton.cdiv(length, blocks[1])
+    y = empty_in_layout_of(u)
     states = torch.empty(batch, k * dim, n_chunks, n_state, device=u.device)
-    ordered = orders is not None
-    wrap_triton(_scan_fwd_kernel)[(batch, triton.cdiv(dim, block_d))](
-        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], y,
-        states, length, dim, k, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-        *B.stride()[:3], *C.stride()[:3], *order_args[2:], y.stride(0), y.stride(1),
-        N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d, BLOCK_L=block_l,
-        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        ORDERED=ordered, HAS_INDEX=order_index is not None)
+    _check_offsets(u, delta, B, C, y)
+    _launch(_scan_fwd_kernel, (batch, triton.cdiv(dim, blocks[0])),
+            u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], y,
+            states, length, dim, k, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
+            *order_args[2:], *y.stride(),
+            **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks))
     return y, states
 
 
@@ -327,31 +399,35 @@ def selective_scan_triton_backward(grad_y: Tensor,
                                    orders: Optional[Tensor] = None,
                                    order_index: Optional[Tensor] = None
                                    ) -> Tuple[Optional[Tensor], ...]:
-    """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` (fp32; None for absent inputs)
-    from the chunk-end ``states`` of :func:`selective_scan_triton`."""
-    u, delta, A, B, C, k, dim = _prepare(u, delta, A, B, C)
+    """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` (None for absent inputs) from the
+    chunk-end ``states`` of :func:`selective_scan_triton`.
+
+    ``grad_y`` is read through its strides. ``du`` and ``ddelta`` come in the layouts of ``u``
+    and ``delta`` and ``ddelta`` in delta's dtype (written so by the kernel); ``du`` is fp32
+    in map order (the K directions add up in it) and in u's dtype otherwise; the small
+    per-channel gradients are fp32."""
+    A = A.float().contiguous()
+    k = B.shape[1]
+    dim = delta.shape[1] // k
     order_args = _order_arguments(orders, order_index, A)
-    grad_y = grad_y.contiguous()
     batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
-    block_d, block_l = launch_blocks(length, dim)
-    n_blocks = triton.cdiv(dim, block_d)
-    ordered = orders is not None
+    blocks = launch_blocks(length, dim, backward=True)
+    n_blocks = triton.cdiv(dim, blocks[0])
     dev = u.device
-    du = torch.empty(u.shape, device=dev)
-    ddelta = torch.empty(delta.shape, device=dev)
+    du = empty_in_layout_of(u, torch.float32 if orders is not None else u.dtype)
+    ddelta = empty_in_layout_of(delta, delta.dtype)
     dB = torch.empty(batch, k, n_blocks, n_state, length, device=dev)
     dC = torch.empty_like(dB)
     dA = torch.empty(batch, k * dim, n_state, device=dev)
     dD = torch.empty(batch, k * dim, device=dev)
     dbias = torch.empty_like(dD)
-    wrap_triton(_scan_bwd_kernel)[(batch, n_blocks)](
-        u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], grad_y,
-        states, du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, u.stride(0), u.stride(1),
-        delta.stride(0), delta.stride(1), *B.stride()[:3], *C.stride()[:3], *order_args[2:],
-        grad_y.stride(0), grad_y.stride(1), du.stride(0), du.stride(1), N=n_state,
-        NP=triton.next_power_of_2(n_state), BLOCK_D=block_d, BLOCK_L=block_l,
-        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        ORDERED=ordered, HAS_INDEX=order_index is not None)
+    _check_offsets(u, delta, B, C, grad_y, du, ddelta)
+    _launch(_scan_bwd_kernel, (batch, n_blocks),
+            u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], grad_y,
+            states, du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, *u.stride(),
+            *delta.stride(), *B.stride(), *C.stride(), *order_args[2:], *grad_y.stride(),
+            *du.stride(), *ddelta.stride(),
+            **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks))
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
             None if delta_bias is None else dbias.sum(0))
 
