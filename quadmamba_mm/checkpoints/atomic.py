@@ -19,18 +19,29 @@ Three pieces, each usable by name from a config:
   before removing the one it replaces (``max_keep_ckpts``, ``save_best``), so a kill in
   between leaves one too many and never none.
 
+A write that fails (a full disk: ``ENOSPC``, a quota, an I/O error) removes its temporary
+file and raises an ``OSError`` with the same ``errno`` that names the path, the bytes it
+needed and the free space there; the previous file under that name is untouched.
+
+The hook also refuses to save weights that hold NaN or infinity (:func:`check_finite`): a
+diverged run stops with an error naming the first such tensors, and the last good checkpoint
+stays the newest (``max_keep_ckpts`` removes nothing for it).
+
 Importing ``quadmamba_mm`` registers :class:`AtomicCheckpointHook` under mmengine's name
 ``'CheckpointHook'`` as well, so every config (``default_hooks=dict(checkpoint=dict(
 type='CheckpointHook', ...))`` from the toolboxes' bases, or the Runner's default) gets it.
-``atomic=False`` gives mmengine's plain writes back. Checkpoints to other storage (``s3://``,
-``backend_args`` of another backend, the deprecated ``file_client_args``) are written as
-mmengine writes them.
+``atomic=False, check_finite=False`` gives mmengine's plain behaviour back. Checkpoints to
+other storage (``s3://``, ``backend_args`` of another backend, the deprecated
+``file_client_args``) are written as mmengine writes them.
 """
 import os
 import os.path as osp
 import re
 import secrets
-from typing import List, Optional
+import shutil
+from typing import Dict, List, Optional
+
+import torch
 
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend, register_backend
@@ -70,26 +81,82 @@ def atomic_write(path: str, data: bytes) -> None:
     The bytes go to a temporary file in the same folder (the same file system, so the rename
     is atomic), are flushed and fsync'ed, and the file is renamed onto ``path``. The file gets
     the usual permissions (0o666 less the umask). On an error the temporary file is removed
-    and the error raised.
+    and the error raised; an ``OSError`` (a full disk, say) is raised again with its ``errno``
+    and a message naming ``path``, the size of ``data`` and the free space in the folder.
     """
     path = osp.abspath(path)
     folder = osp.dirname(path)
     os.makedirs(folder, exist_ok=True)
     temp = temporary_name(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0),
+                     0o666)
         try:
-            os.remove(temp)
-        except OSError:
-            pass
-        raise
+            with os.fdopen(fd, 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            try:
+                os.remove(temp)
+            except OSError:
+                pass
+            raise
+    except OSError as error:
+        message = _write_error_message(error, path, len(data))
+        # OSError(errno, message) keeps the errno and its subclass (PermissionError...).
+        raise (OSError(message) if error.errno is None else OSError(error.errno, message)
+               ) from error
     _fsync_folder(folder)
+
+
+def _size(n: float) -> str:
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if n < 1024:
+            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1024
+    return f'{n:.1f} TiB'
+
+
+def _write_error_message(error: OSError, path: str, size: int) -> str:
+    folder = osp.dirname(path)
+    try:
+        free = f'{_size(shutil.disk_usage(folder).free)} free'
+    except OSError as usage_error:
+        free = f'free space unknown ({usage_error.strerror or usage_error})'
+    return (f'could not write {path} ({_size(size)}; {free} in {folder}): '
+            f'{error.strerror or error}. The file under that name is unchanged.')
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint to save holds NaN or infinite weights."""
+
+
+def check_finite(state_dicts: Dict[str, Dict[str, torch.Tensor]], what: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first tensors that hold NaN or
+    infinity.
+
+    Args:
+        state_dicts: name (``'state_dict'``, ``'ema_state_dict'``) -> tensors.
+        what: the checkpoint, for the message.
+    """
+    bad = []
+    for group, tensors in state_dicts.items():
+        for key, value in tensors.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                finite = torch.isfinite(value)
+                if not bool(finite.all()):
+                    nan = int(torch.isnan(value).sum())
+                    bad.append(f'{group}[{key!r}] ({nan} NaN, {int((~finite).sum()) - nan} inf '
+                               f'of {value.numel()})')
+    if bad:
+        shown = ', '.join(bad[:5]) + (', ...' if len(bad) > 5 else '')
+        raise NonFiniteWeightsError(
+            f'not saving {what}: {len(bad)} tensors hold non-finite values: {shown}. The '
+            'previous checkpoints are kept. Training has diverged (a lower learning rate, '
+            'gradient clipping or a loss scale may help); check_finite=False in the checkpoint '
+            'hook saves such weights anyway.')
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:
@@ -151,15 +218,29 @@ class AtomicCheckpointHook(CheckpointHook):
 
     Args:
         atomic: write checkpoints and the ``last_checkpoint`` pointer atomically, and save a
-            new checkpoint before removing the one it replaces. ``False`` behaves exactly like
-            mmengine's ``CheckpointHook``. Default: True.
+            new checkpoint before removing the one it replaces. Default: True.
+        check_finite: refuse to save a checkpoint whose ``state_dict`` (or
+            ``ema_state_dict``) holds NaN or infinity (:func:`check_finite`), before anything
+            is written. Default: True. With ``atomic=False, check_finite=False`` it behaves
+            exactly like mmengine's ``CheckpointHook``.
         **kwargs: the arguments of mmengine's ``CheckpointHook``.
     """
 
-    def __init__(self, *args, atomic: bool = True, **kwargs) -> None:
+    def __init__(self, *args, atomic: bool = True, check_finite: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.atomic = atomic
+        self.check_finite = check_finite
         self.writes_atomically = False  # decided in before_train, once the folder is known
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        # This hook has the lowest priority, so it sees the checkpoint as it will be written
+        # (after EMAHook swapped its weights in, for example).
+        if self.check_finite:
+            meta = checkpoint.get('meta') or {}
+            check_finite({k: v for k, v in checkpoint.items()
+                          if k.endswith('state_dict') and isinstance(v, dict)},
+                         f"the checkpoint of epoch {meta.get('epoch', runner.epoch)}, "
+                         f"iteration {meta.get('iter', runner.iter)}")
 
     def before_train(self, runner) -> None:
         super().before_train(runner)

@@ -345,7 +345,8 @@ def check_fit(model: nn.Module, state_dict: Dict[str, torch.Tensor], checkpoint_
     """
     report = compare(model, state_dict, checkpoint_name, policy, **settings)
     if not report.fits:
-        hint = '' if resolve_policy(policy).exact else f'\n  {HINT}'
+        # Loading part of it on purpose is an option only when a part fits.
+        hint = f'\n  {HINT}' if report.loaded and not resolve_policy(policy).exact else ''
         raise CheckpointFitError(
             f'checkpoint {checkpoint_name} does not match the model {report.model}: '
             f'{"; ".join(report.problems)}.\n  {report.details()}{hint}', report)
