@@ -71,7 +71,7 @@ SETTING_KEYS = ('partial', 'min_fraction', 'required', 'allow')
 RUN_SETTINGS_KEY = 'checkpoint_fit'
 HINT = ('to load a part of a checkpoint on purpose, set checkpoint_fit=dict(partial=True) in '
         'the config, or name the keys to skip with checkpoint_fit=dict(allow=[regex, ...]) '
-        '(README, "Checkpoints")')
+        '(README, "Checkpoint fit")')
 SHOWN = 5  # key names shown per list in messages
 
 
