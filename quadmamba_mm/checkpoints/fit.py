@@ -516,6 +516,7 @@ class CheckpointFitHook(Hook):
       saved in checkpoints) for :func:`load_pretrained`.
     - ``after_load_checkpoint`` (before the Runner copies the weights): :func:`check_fit`
       with the ``'resume'`` policy when resuming, else ``'evaluate'`` or ``'init'``.
+    - ``after_run``: the setting is cleared.
 
     ``tools/train.py`` and ``tools/test.py`` add it (:func:`add_checkpoint_fit_hook`); with
     another launcher, add ``custom_hooks=[dict(type='CheckpointFitHook')]`` to the config.
@@ -549,6 +550,10 @@ class CheckpointFitHook(Hook):
         load_from = runner._load_from  # what load_or_resume() loads (no public accessor)
         if load_from and is_local(load_from):
             read_checkpoint(load_from)
+
+    def after_run(self, runner) -> None:
+        # Later modules built in this process (outside a run) get the default policy again.
+        runner.message_hub.update_info(RUN_SETTINGS_KEY, {}, resumed=False)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if runner._resume:
