@@ -9,17 +9,19 @@ the work dir; ``--resume CKPT`` from that file. Checkpoints and the ``last_check
 pointer are written atomically (``quadmamba_mm.checkpoints.atomic``), so a killed run
 leaves no truncated file; a truncated one from elsewhere is skipped when resuming.
 Multi-process runs come from ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``;
-without GPUs the processes talk over gloo on the CPU, with GPUs over NCCL.
+without GPUs the processes talk over gloo on the CPU, with GPUs over NCCL. A run restarted by
+torchrun (``MAX_RESTARTS``) or requeued by Slurm resumes from its newest complete checkpoint
+(``quadmamba_mm.engine.elastic``).
 """
 import argparse
 
-import torch
 from mmengine.runner import Runner
 
 from quadmamba_mm.checkpoints.fit import add_checkpoint_fit_hook, exit_on_checkpoint_errors
 from quadmamba_mm.checkpoints.resume import (check_checkpoint, check_resume_matches,
                                              latest_complete_checkpoint)
-from quadmamba_mm.runtime.distributed import finish_distributed, init_cpu_distributed
+from quadmamba_mm.engine.elastic import resume_after_restart, start_process_group
+from quadmamba_mm.runtime.distributed import finish_distributed
 from quadmamba_mm.runtime.launch import add_common_args, load_config
 
 
@@ -57,8 +59,9 @@ def main():
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
 
-    if args.launcher != 'none' and not torch.cuda.is_available():
-        init_cpu_distributed(cfg, args.launcher)
+    if args.launcher != 'none':  # before the Runner, so that the ranks agree on resuming
+        start_process_group(cfg, args.launcher)
+    resume_after_restart(cfg)  # restarted by torchrun or requeued by Slurm: --resume (auto)
     add_checkpoint_fit_hook(cfg)  # load_from and Pretrained init_cfgs must fit the model
     runner = Runner.from_cfg(cfg)
     if cfg.get('resume') and cfg.load_from:
