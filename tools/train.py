@@ -11,7 +11,8 @@ leaves no truncated file; a truncated one from elsewhere is skipped when resumin
 Multi-process runs come from ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``;
 without GPUs the processes talk over gloo on the CPU, with GPUs over NCCL. A run restarted by
 torchrun (``MAX_RESTARTS``) or requeued by Slurm resumes from its newest complete checkpoint
-(``quadmamba_mm.engine.elastic``).
+(``quadmamba_mm.engine.elastic``). Unusable training samples are skipped, named and counted,
+and training stops at the first non-finite loss (``quadmamba_mm.engine.guards``).
 """
 import argparse
 
@@ -21,6 +22,7 @@ from quadmamba_mm.checkpoints.fit import add_checkpoint_fit_hook, exit_on_checkp
 from quadmamba_mm.checkpoints.resume import (check_checkpoint, check_resume_matches,
                                              latest_complete_checkpoint)
 from quadmamba_mm.engine.elastic import resume_after_restart, start_process_group
+from quadmamba_mm.engine.guards import add_training_guards
 from quadmamba_mm.runtime.distributed import finish_distributed
 from quadmamba_mm.runtime.launch import add_common_args, load_config
 
@@ -62,6 +64,7 @@ def main():
     if args.launcher != 'none':  # before the Runner, so that the ranks agree on resuming
         start_process_group(cfg, args.launcher)
     resume_after_restart(cfg)  # restarted by torchrun or requeued by Slurm: --resume (auto)
+    add_training_guards(cfg)  # skip unusable samples; stop at a non-finite loss
     add_checkpoint_fit_hook(cfg)  # load_from and Pretrained init_cfgs must fit the model
     runner = Runner.from_cfg(cfg)
     if cfg.get('resume') and cfg.load_from:
