@@ -16,3 +16,13 @@ test_dataloader = val_dataloader
 # No weight decay on norms, biases and the state-space parameters A_logs and Ds.
 optim_wrapper = dict(
     paramwise_cfg={{_base_.quadmamba_paramwise_cfg}})
+
+# Test-time augmentation (tools/test.py --tta): the test pipeline on the image and on its
+# horizontal mirror, class scores averaged.
+tta_model = dict(type='AverageClsScoreTTA')
+tta_pipeline = _base_.test_pipeline[:-1] + [
+    dict(type='TestTimeAug',
+         transforms=[[dict(type='RandomFlip', prob=0.),
+                      dict(type='RandomFlip', prob=1., direction='horizontal')],
+                     [_base_.test_pipeline[-1]]])
+]
