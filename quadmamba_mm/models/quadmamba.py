@@ -16,10 +16,11 @@ scan) -> :class:`QuadMambaBlock` (pre-norm mixer + MLP) -> :class:`QuadMambaStag
   year={2024}}
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import Tensor
@@ -41,6 +42,18 @@ def scan_config(scan_cfg: Optional[dict], scan_backend: Optional[str]) -> dict:
     if scan_cfg is None:
         return dict(type='SelectiveScan', backend=scan_backend or 'auto')
     return dict(scan_cfg)
+
+
+class ScanOutNorm(nn.LayerNorm):
+    """The LayerNorm of the scan's fp32 output, computed in fp32 in a model of any dtype.
+
+    After ``.half()`` or ``.bfloat16()`` its weights are low precision, but its input, the
+    scan output, stays fp32: the weights are upcast (a no-op in an fp32 model) rather than
+    the input rounded before it is normalised."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
+                            self.bias.float(), self.eps)
 
 
 class SS2D(nn.Module):
@@ -121,7 +134,7 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = ScanOutNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dims, bias=False)
         self._dt_init = (dt_min, dt_max, dt_init_floor)
         self.reset_ssm_parameters()
@@ -265,6 +278,9 @@ class PatchEmbed(nn.Module):
         self.norm2 = nn.LayerNorm(dims)
 
     def forward(self, x: Tensor) -> Tensor:
+        # An fp32 image meets a model cast to fp16/bf16 in the model's dtype (a no-op in an
+        # fp32 model, and under autocast, which casts at the conv itself).
+        x = x.to(self.conv1.weight.dtype)
         x = self.act(self.norm1(self.conv1(x).permute(0, 2, 3, 1)))
         return self.norm2(self.conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
@@ -285,14 +301,15 @@ class QuadMambaStage(nn.Module):
         self.downsample = downsample
         self.with_cp = with_cp
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Returns the stage output before the downsample and the next stage's input."""
+    def forward(self, x: Tensor, downsample: bool = True) -> Tuple[Tensor, Tensor]:
+        """Returns the stage output before the downsample and the next stage's input (the
+        output itself when ``downsample`` is False: no next stage runs)."""
         for block in self.blocks:
             if self.with_cp and x.requires_grad:
                 x = cp.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return x, (self.downsample(x) if self.downsample is not None else x)
+        return x, (self.downsample(x) if downsample and self.downsample is not None else x)
 
 
 @MODELS.register_module()
@@ -480,14 +497,24 @@ class QuadMamba(BaseModule):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """``(N, C, H, W)`` -> tuple of NCHW maps of ``ceil(H / 2**(i+2))`` for ``out_indices``."""
+        outs = self.forward_stages(x, max(self.out_indices, default=-1) + 1)
+        return tuple(
+            getattr(self, f'norm{i}')(outs[i]).permute(0, 3, 1, 2).contiguous()
+            for i in self.out_indices)
+
+    def forward_stages(self, x: Tensor, num_stages: Optional[int] = None) -> List[Tensor]:
+        """The channel-last ``(N, ceil(H / 2**(i+2)), ceil(W / 2**(i+2)), C_i)`` outputs of
+        the first ``num_stages`` stages (default: all), before any output norm; the stages
+        after them do not run. :meth:`forward` and the timm models take their outputs from it.
+        """
         self._check_input(x)
         x = self.patch_embed(x)
+        stages = self.stages if num_stages is None else self.stages[:num_stages]
         outs = []
-        for i, stage in enumerate(self.stages):
-            out, x = stage(x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(out).permute(0, 3, 1, 2).contiguous())
-        return tuple(outs)
+        for i, stage in enumerate(stages):
+            out, x = stage(x, downsample=i < len(stages) - 1)
+            outs.append(out)
+        return outs
 
     def _freeze_stages(self) -> None:
         frozen = [self.patch_embed] if self.frozen_stages >= 0 else []
