@@ -5,6 +5,7 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 
+from .quiet import VERBOSE_ENV, quiet_tools
 from .toolbox import toolbox_of
 
 
@@ -17,12 +18,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         default='none', help='job launcher')
     # torch.distributed.launch passes --local_rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--verbose', action='store_true',
+                        help="log torch's build settings with the environment (as "
+                        f'{VERBOSE_ENV}=1 does)')
 
 
 def load_config(args: argparse.Namespace) -> Config:
     """The config with the command-line overrides, launcher and work dir applied (default
-    ``./work_dirs/<config name>``); fails early for a config of no known toolbox."""
+    ``./work_dirs/<config name>``); fails early for a config of no known toolbox. The
+    output stays quiet (``quadmamba_mm.runtime.quiet``) unless ``--verbose``."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    quiet_tools(getattr(args, 'verbose', False))
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
