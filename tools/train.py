@@ -1,7 +1,8 @@
 """Train a model from an mmpretrain, mmdet or mmsegmentation config.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CKPT]]
-        [--no-validate] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--compile] [--auto-scale-lr]
+        [--resume [CKPT]] [--no-validate] [--cfg-options k=v ...] [--verbose]
+        [--launcher {none,pytorch,slurm,mpi}]
 
 The toolbox comes from the config's ``default_scope``; the arguments are the ones the three
 toolboxes' own train.py scripts take. ``--resume`` alone resumes from the latest checkpoint in
@@ -12,7 +13,10 @@ Multi-process runs come from ``tools/dist_train.sh`` (torchrun) or ``tools/slurm
 without GPUs the processes talk over gloo on the CPU, with GPUs over NCCL. A run restarted by
 torchrun (``MAX_RESTARTS``) or requeued by Slurm resumes from its newest complete checkpoint
 (``quadmamba_mm.engine.elastic``). Unusable training samples are skipped, named and counted,
-and training stops at the first non-finite loss (``quadmamba_mm.engine.guards``).
+and training stops at the first non-finite loss (``quadmamba_mm.engine.guards``). ``--amp`` is
+mmengine's fp16 AMP where mmengine supports it and bf16 autocast on CPUs
+(``quadmamba_mm.engine.amp``). ``--compile`` or ``compile=True|dict(...)`` in the config
+compiles the backbone, not mmengine's ``train_step`` (``quadmamba_mm.runtime.compile``).
 """
 import argparse
 
@@ -21,8 +25,10 @@ from mmengine.runner import Runner
 from quadmamba_mm.checkpoints.fit import add_checkpoint_fit_hook, exit_on_checkpoint_errors
 from quadmamba_mm.checkpoints.resume import (check_checkpoint, check_resume_matches,
                                              latest_complete_checkpoint)
+from quadmamba_mm.engine.amp import enable_amp
 from quadmamba_mm.engine.elastic import resume_after_restart, start_process_group
 from quadmamba_mm.engine.guards import add_training_guards
+from quadmamba_mm.runtime.compile import compile_modules, take_compile_cfg
 from quadmamba_mm.runtime.distributed import finish_distributed
 from quadmamba_mm.runtime.launch import add_common_args, load_config
 
@@ -30,7 +36,11 @@ from quadmamba_mm.runtime.launch import add_common_args, load_config
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: fp16 with a dynamic loss scale on GPUs, bf16 '
+                        'autocast on CPUs')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the backbone (as compile=True in the config does)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the LR by the actual batch size (needs auto_scale_lr)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
@@ -46,8 +56,9 @@ def main():
     args = parse_args()
     cfg = load_config(args)
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        enable_amp(cfg.optim_wrapper)
+    # mmengine would compile train_step with the optimizer step in it; the backbone it is.
+    compile_kwargs = take_compile_cfg(cfg, args.compile)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
@@ -69,6 +80,8 @@ def main():
     runner = Runner.from_cfg(cfg)
     if cfg.get('resume') and cfg.load_from:
         check_resume_matches(runner.model, cfg.load_from)
+    if compile_kwargs is not None:
+        compile_modules(runner.model, compile_kwargs)
     exit_on_checkpoint_errors(runner.train)
     finish_distributed()
 

@@ -3,6 +3,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
 
 from ..checkpoints.atomic import (AtomicCheckpointHook, AtomicLocalBackend, atomic_write,
                                 remove_stale_temporaries, use_atomic_checkpoint_hook)
+from .amp import CPUAmpOptimWrapper, enable_amp
 from .bad_sample_hook import BadDataError, BadSampleHook
 from .elastic import restart_count, resume_after_restart, start_process_group
 from .guards import add_training_guards
@@ -17,7 +18,8 @@ ROOT_CONSTRUCTORS.register_module(module=LayerDecayOptimWrapperConstructor)
 use_atomic_checkpoint_hook()
 
 __all__ = [
-    'AtomicCheckpointHook', 'AtomicLocalBackend', 'LayerDecayOptimWrapperConstructor',
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'enable_amp',
+    'LayerDecayOptimWrapperConstructor',
     'atomic_write', 'remove_stale_temporaries', 'use_atomic_checkpoint_hook',
     'BadDataError', 'BadSampleHook', 'NonFiniteLossError', 'NonFiniteLossHook',
     'add_training_guards', 'restart_count', 'resume_after_restart', 'start_process_group'
