@@ -193,7 +193,12 @@ def build_inferencer(model: Union[str, Path, Config],
         from mmseg.apis import MMSegInferencer
         inferencer = MMSegInferencer(model=cfg, weights=weights, device=device, **kwargs)
     else:
+        from mmengine.registry import init_default_scope
         from mmpretrain.apis import ImageClassificationInferencer
+
+        # As DetInferencer and MMSegInferencer do: mmpretrain's builds its pipeline in the
+        # current default scope, which another toolbox may have set.
+        init_default_scope('mmpretrain')
         inferencer = ImageClassificationInferencer(model=cfg, pretrained=weights or False,
                                                    device=device, **kwargs)
     if toolbox == 'mmseg' and any(kwargs.get(k) is not None

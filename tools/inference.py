@@ -2,9 +2,13 @@
 
     python tools/inference.py CONFIG CHECKPOINT INPUT [--out-dir DIR] [--device cpu]
 
+CONFIG is a config file or a model name of ``model-index.yml`` (e.g.
+``quadmamba-s_8xb128_in1k``); CHECKPOINT is a checkpoint file, or ``none`` for random weights.
 INPUT is an image file or a folder (its files with an image suffix). The toolbox's own
 inferencer runs the model (mmdet ``DetInferencer``, mmseg ``MMSegInferencer``, mmpretrain
-``ImageClassificationInferencer``). For an input ``NAME.EXT``, the drawn prediction goes to
+``ImageClassificationInferencer``, built by ``quadmamba_mm.model_index.build_inferencer``:
+class names come from the checkpoint, or from the config's dataset when the checkpoint has
+none or is ``none``). For an input ``NAME.EXT``, the drawn prediction goes to
 ``OUT_DIR/vis/NAME.EXT``; detections go to ``OUT_DIR/preds/NAME.json`` and segmentation maps
 (class indices) to ``OUT_DIR/preds/NAME.png``; classification results are printed.
 
@@ -18,14 +22,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 from mmengine.config import Config
 
-from quadmamba_mm.runtime.images import list_images, run_per_image
 from quadmamba_mm.checkpoints.fit import exit_unless_fits
 from quadmamba_mm.checkpoints.resume import check_checkpoint
+from quadmamba_mm.model_index import build_inferencer, resolve_config
+from quadmamba_mm.runtime.images import list_images, run_per_image
 from quadmamba_mm.runtime.toolbox import toolbox_of
 
 # Drawings keep the input's file name when OpenCV writes colour images in that format.
@@ -49,23 +55,14 @@ class Predictor:
     """One toolbox's inferencer, run on one decoded image at a time; ``__call__`` writes the
     outputs named after the input file and returns a one-line summary."""
 
-    def __init__(self, toolbox: str, config: str, checkpoint: str, device: str, out_dir: Path,
+    def __init__(self, config: Config, checkpoint: Optional[str], device: str, out_dir: Path,
                  score_thr: float):
-        self.toolbox, self.out_dir, self.score_thr = toolbox, out_dir, score_thr
+        self.toolbox, self.out_dir, self.score_thr = toolbox_of(config), out_dir, score_thr
         (out_dir / 'vis').mkdir(parents=True, exist_ok=True)
-        if toolbox == 'mmdet':
-            from mmdet.apis import DetInferencer
-            self.inferencer = DetInferencer(model=config, weights=checkpoint, device=device,
-                                            show_progress=False)
-        elif toolbox == 'mmseg':
-            from mmseg.apis import MMSegInferencer
-            self.inferencer = MMSegInferencer(model=config, weights=checkpoint, device=device)
-        else:
-            from mmpretrain.apis import ImageClassificationInferencer
-            self.inferencer = ImageClassificationInferencer(model=config, pretrained=checkpoint,
-                                                            device=device)
+        options = dict(show_progress=False) if self.toolbox == 'mmdet' else {}
+        self.inferencer = build_inferencer(config, weights=checkpoint, device=device, **options)
         self.inferencer.show_progress = False
-        if toolbox != 'mmpretrain':
+        if self.toolbox != 'mmpretrain':
             (out_dir / 'preds').mkdir(exist_ok=True)
 
     def __call__(self, image: np.ndarray, path: Path) -> str:
@@ -117,24 +114,26 @@ def release_device_memory() -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config')
-    parser.add_argument('checkpoint')
+    parser.add_argument('config', help='a config file or a model name of model-index.yml')
+    parser.add_argument('checkpoint', help="the model's checkpoint, or 'none' for random weights")
     parser.add_argument('input', type=Path, help='an image or a folder of images')
     parser.add_argument('--out-dir', type=Path, default=Path('work_dirs/inference'))
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: the lowest score drawn and counted')
     args = parser.parse_args()
-    check_checkpoint(args.checkpoint)
+    checkpoint = None if args.checkpoint == 'none' else args.checkpoint
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
     try:
         images = list_images(args.input)
+        config = resolve_config(args.config)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
-    config = Config.fromfile(args.config)
-    predictor = Predictor(toolbox_of(config), args.config, args.checkpoint, args.device,
-                          args.out_dir, args.score_thr)
-    # The inferencers load non-strictly: every tensor of the model must be in the checkpoint.
-    exit_unless_fits(predictor.inferencer.model, args.checkpoint, config.get('checkpoint_fit'))
+    predictor = Predictor(config, checkpoint, args.device, args.out_dir, args.score_thr)
+    if checkpoint is not None:
+        # The inferencers load non-strictly: every tensor of the model must be in the checkpoint.
+        exit_unless_fits(predictor.inferencer.model, checkpoint, config.get('checkpoint_fit'))
 
     def handle(path, image):
         try:
