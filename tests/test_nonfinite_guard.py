@@ -2,6 +2,7 @@
 iteration is written, and after too many optimizer steps in a row that the loss scaler
 skipped."""
 import math
+import os
 
 import pytest
 import torch
@@ -83,7 +84,8 @@ class ScaledOptimWrapper(OptimWrapper):
         self.loss_scaler.update()
 
 
-def make_runner(work_dir, model, max_iters=8, optim_type='OptimWrapper', **guards):
+def make_runner(work_dir, model, max_iters=8, optim_type='OptimWrapper', optim_args=None,
+                **guards):
     cfg = Config(dict(
         work_dir=str(work_dir),
         train_dataloader=dict(dataset=dict(type='ToyDataPlaceholder'), batch_size=2),
@@ -97,7 +99,8 @@ def make_runner(work_dir, model, max_iters=8, optim_type='OptimWrapper', **guard
                                                               shuffle=False),
                               batch_size=2, num_workers=0,
                               collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(type=optim_type, optimizer=dict(type='SGD', lr=0.1)),
+        optim_wrapper=dict(type=optim_type, optimizer=dict(type='SGD', lr=0.1),
+                           **(optim_args or {})),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False),
                            logger=dict(type='LoggerHook', interval=1)),
@@ -141,6 +144,19 @@ def test_skipped_steps_are_counted_and_stop_after_a_run_of_them(tmp_path):
     assert all(finite(p) for p in tmp_path.glob('iter_*.pth'))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mmengine's AmpOptimWrapper needs a GPU")
+def test_skipped_steps_with_mmengine_amp_on_a_gpu(tmp_path):
+    """The same with mmengine's own AmpOptimWrapper (fp16, torch's CUDA GradScaler)."""
+    runner = make_runner(tmp_path, NaNAt(nan_at=3, value=math.inf, grad_only=True),
+                         max_iters=20, optim_type='AmpOptimWrapper',
+                         optim_args=dict(loss_scale=dict(init_scale=2.**4)),
+                         nonfinite_loss_cfg=dict(max_skipped_steps=4))
+    with pytest.raises(NonFiniteLossError) as error:
+        runner.train()
+    assert '4 optimizer steps in a row, up to iteration 6, were skipped' in str(error.value)
+    assert 'loss scale now 1' in str(error.value)
+
+
 def test_a_single_skipped_step_does_not_stop(tmp_path):
     """One overflow (as when dynamic scaling grows its scale too far) is counted, training
     goes on."""
@@ -160,3 +176,64 @@ def test_a_single_skipped_step_does_not_stop(tmp_path):
     runner.train()
     hook = next(h for h in runner.hooks if type(h).__name__ == 'NonFiniteLossHook')
     assert hook.skipped_in_epoch == [3] and hook.skipped_in_a_row == 0
+
+
+class NaNOnRank(NaNAt):
+    """NaN loss on one rank only, from iteration ``nan_at``."""
+
+    def __init__(self, rank_with_nan: int, nan_at: int):
+        super().__init__(nan_at=nan_at)
+        import torch.distributed as dist
+        self.poisoned = dist.get_rank() == rank_with_nan
+
+    def forward(self, inputs, labels, mode='tensor'):
+        if mode == 'loss' and not self.poisoned:
+            self.calls -= 1  # never reaches nan_at
+        return super().forward(inputs, labels, mode)
+
+
+def _train_one_rank(rank: int, work_dir: str, port: str) -> None:
+    """One of two gloo processes; writes how its training ended to rank{rank}.txt."""
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=port, RANK=str(rank),
+                      WORLD_SIZE='2', LOCAL_RANK=str(rank))
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    runner = Runner(
+        model=NaNOnRank(rank_with_nan=1, nan_at=3), work_dir=work_dir, launcher='pytorch',
+        cfg=dict(model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None,
+                                        broadcast_buffers=False)),
+        train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler',
+                                                              shuffle=False),
+                              batch_size=2, num_workers=0,
+                              collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=False, max_iters=6),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False)),
+        custom_hooks=[dict(type='NonFiniteLossHook')], default_scope='mmengine')
+    try:
+        runner.train()
+        outcome = 'finished'
+    except NonFiniteLossError as error:
+        outcome = str(error)
+    with open(os.path.join(work_dir, f'rank{rank}.txt'), 'w') as f:
+        f.write(outcome)
+    dist.destroy_process_group()
+
+
+def test_every_rank_stops_when_one_rank_loss_is_nan(tmp_path):
+    """With two processes, only rank 1's loss is NaN: rank 0, which writes the checkpoints,
+    stops at the same iteration, so no checkpoint of the NaN step (whose averaged gradients
+    are NaN on every rank) is written."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = str(s.getsockname()[1])
+    mp.spawn(_train_one_rank, args=(str(tmp_path), port), nprocs=2, join=True)
+    for rank in (0, 1):
+        message = (tmp_path / f'rank{rank}.txt').read_text()
+        assert message.startswith('Training stopped: non-finite loss at iteration 3: '
+                                  'loss=nan (rank 1), loss_bad=nan (rank 1). The last good '
+                                  f'checkpoint is {tmp_path / "iter_2.pth"}'), message
+    assert sorted(p.name for p in tmp_path.glob('iter_*.pth')) == ['iter_1.pth', 'iter_2.pth']
