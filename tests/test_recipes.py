@@ -40,6 +40,15 @@ TINY_MODEL = {
 LOADER = dict(num_workers=0, persistent_workers=False)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Models this small train faster on one thread (more only wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     return make_all(tmp_path_factory.mktemp('recipe_data'), num_train=4, num_val=2, size=64)
