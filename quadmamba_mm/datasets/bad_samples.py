@@ -57,14 +57,15 @@ class SkipRecords:
 
     Args:
         path: the file. Default: a new temporary file, removed when the object that created
-            it is collected or the process exits.
+            it is collected or its process exits (``BadSampleHook`` removes it after the run).
     """
 
     def __init__(self, path: Optional[str] = None) -> None:
         if path is None:
             fd, path = tempfile.mkstemp(prefix='quadmamba_bad_samples_', suffix='.jsonl')
             os.close(fd)
-            self._cleanup = weakref.finalize(self, _remove, path)
+            # Only in this process: a DataLoader worker forked from it inherits the finalizer.
+            self._cleanup = weakref.finalize(self, _remove_in, os.getpid(), path)
         self.path = path
 
     def __getstate__(self) -> dict:
@@ -115,6 +116,11 @@ def _remove(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+def _remove_in(pid: int, path: str) -> None:
+    if os.getpid() == pid:
+        _remove(path)
 
 
 def why_unusable(results: dict, error: Optional[BaseException]) -> Tuple[str, str]:
