@@ -175,8 +175,9 @@ def test_inference_tool_takes_a_name_and_random_weights(image, tmp_path, capsys)
     assert (tmp_path / 'cls' / 'vis' / image.name).is_file()
 
     config = tmp_path / 'tiny_seg.py'
-    config.write_text(f'_base_ = [{model_index.model_config("upernet_quadmamba-t_8xb2-160k_ade20k-512x512")!r}]\n'
-                      + '\n'.join(f'{key} = {value!r}' for key, value in TINY_SEG.items()))
+    base = model_index.model_config('upernet_quadmamba-t_8xb2-160k_ade20k-512x512')
+    config.write_text(f'_base_ = [{base!r}]\n' +
+                      '\n'.join(f'{key} = {value!r}' for key, value in TINY_SEG.items()))
     status, out = run_inference_tool(capsys, config, 'none', image, '--out-dir', tmp_path / 'seg')
     assert status == 0, out
     labels = cv2.imread(str(tmp_path / 'seg' / 'preds' / f'{image.stem}.png'), cv2.IMREAD_UNCHANGED)

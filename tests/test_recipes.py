@@ -140,7 +140,8 @@ def test_detection_recipe_trains_and_evaluates(tmp_path, data):
     path = edit_recipe('configs/mask_rcnn/mask-rcnn_quadmamba-li_fpn_custom-coco.py',
                        tmp_path / 'det.py', {
                            'data_root': repr(f'{data}/coco/'),
-                           'train_ann, train_images': "'annotations/instances_train.json', 'train/'",
+                           'train_ann, train_images':
+                               "'annotations/instances_train.json', 'train/'",
                            'val_ann, val_images': "'annotations/instances_val.json', 'val/'",
                            'classes': repr(CLASSES), 'img_scale': (64, 64), 'batch_size': 4,
                            'max_epochs': 1, 'lr_steps': [1], 'pretrained': None})
