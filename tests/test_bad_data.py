@@ -161,9 +161,9 @@ def test_a_higher_share_lets_training_finish_and_sums_up_each_epoch(tmp_path, ca
         assert all(str(path) in line for path in bad)
 
 
-def coco(root: Path, broken_image: int, broken_annotation: int) -> Path:
-    """6 COCO images of 64x64 with one box each; one image file truncated, one annotation
-    entry with a 3-number box."""
+def coco(root: Path, broken_image: int, broken_annotation: int, missing_image: int) -> Path:
+    """6 COCO images of 64x64 with one box each; one image file truncated, one missing,
+    one annotation entry with a 3-number box."""
     (root / 'images').mkdir(parents=True)
     images, annotations = [], []
     for i in range(6):
@@ -174,6 +174,7 @@ def coco(root: Path, broken_image: int, broken_annotation: int) -> Path:
         annotations.append(dict(id=100 + i, image_id=i, category_id=1, bbox=box, area=400,
                                 iscrowd=0))
     truncate(root / 'images' / f'{broken_image:02d}.jpg')
+    (root / 'images' / f'{missing_image:02d}.jpg').unlink()
     ann_file = root / 'instances.json'
     ann_file.write_text(json.dumps(dict(images=images, annotations=annotations,
                                         categories=[dict(id=1, name='box')])))
@@ -181,11 +182,11 @@ def coco(root: Path, broken_image: int, broken_annotation: int) -> Path:
 
 
 def test_coco_broken_image_and_annotation_entry(tmp_path):
-    """A truncated JPEG and an annotation entry with a malformed box: without the wrapper the
-    dataset does not even load (and says nothing about which entry); with it, the entry's
-    image is dropped and named at load time, the truncated image is skipped when drawn,
-    and every sample the dataset gives is a good one."""
-    ann_file = coco(tmp_path, broken_image=2, broken_annotation=4)
+    """A truncated JPEG, a missing one and an annotation entry with a malformed box: without
+    the wrapper the dataset does not even load (and says nothing about which entry); with
+    it, the entry's image is dropped and named at load time, the truncated and the missing
+    image are skipped when drawn, and every sample the dataset gives is a good one."""
+    ann_file = coco(tmp_path, broken_image=2, broken_annotation=4, missing_image=5)
     init_default_scope('mmdet')
     cfg = dict(type='CocoDataset', data_root=str(tmp_path), ann_file=str(ann_file),
                data_prefix=dict(img='images/'), metainfo=dict(classes=('box', )),
@@ -206,12 +207,14 @@ def test_coco_broken_image_and_annotation_entry(tmp_path):
                and 'dropped it from the training set' in n for n in names)
     assert any(n.startswith(f'{tmp_path / "images" / "02.jpg"}: unusable image: truncated')
                and 'another sample is drawn' in n for n in names)
-    assert all('02.jpg' not in s['data_samples'].img_path for s in loaded)
+    assert any(n.startswith(f'{tmp_path / "images" / "05.jpg"}: unusable image: cannot open '
+                            'the file: No such file or directory') for n in names)
+    assert all(s['data_samples'].img_path[-6:] not in ('02.jpg', '05.jpg') for s in loaded)
     assert all(s['inputs'].shape == (3, 64, 64) for s in loaded)
     records, _ = dataset.records.read()
     assert [r['stage'] for r in records].count('load') == 1
     assert {r['sample'] for r in records if r['stage'] == 'fetch'} == {
-        str(tmp_path / 'images' / '02.jpg')}
+        str(tmp_path / 'images' / '02.jpg'), str(tmp_path / 'images' / '05.jpg')}
 
 
 def test_missing_segmentation_map_is_named(tmp_path):

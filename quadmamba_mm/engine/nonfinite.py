@@ -113,11 +113,14 @@ class NonFiniteLossHook(Hook):
         self._count_skipped_steps(runner)
 
     def after_train_epoch(self, runner) -> None:
-        if self.skipped_in_epoch:
+        from mmengine.runner import EpochBasedTrainLoop
+        if self.skipped_in_epoch:  # iteration-based training has one "epoch": the whole run
+            period = (f'epoch {runner.epoch + 1}' if isinstance(runner.train_loop,
+                                                                 EpochBasedTrainLoop)
+                      else f'iterations 1-{runner.iter}')
             runner.logger.warning(
-                f'epoch {runner.epoch + 1}: the loss scaler skipped {len(self.skipped_in_epoch)} '
-                f'optimizer steps (gradients not finite), at iterations '
-                f'{_ranges(self.skipped_in_epoch)}')
+                f'{period}: the loss scaler skipped {len(self.skipped_in_epoch)} optimizer '
+                f'steps (gradients not finite), at iterations {_ranges(self.skipped_in_epoch)}')
 
     def _check_loss(self, runner, outputs: dict) -> None:
         from mmengine.dist import all_gather_object, all_reduce, is_distributed
