@@ -113,8 +113,7 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
                      L, DIM, K,
                      stride_u_batch, stride_u_channel, stride_u_step,
                      stride_dt_batch, stride_dt_channel, stride_dt_step,
-                     stride_B_batch, stride_B_group, stride_B_state, stride_B_step,
-                     stride_C_batch, stride_C_group, stride_C_state, stride_C_step,
+                     stride_BC_batch, stride_BC_group, stride_BC_state, stride_BC_step,
                      stride_order_set, stride_order_dir,
                      stride_y_batch, stride_y_channel, stride_y_step,
                      N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -124,8 +123,8 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
     order_ptr = _order_base(order_ptr, index_ptr, b, stride_order_set, HAS_INDEX)
     u_ptr += b * stride_u_batch
     dt_ptr += b * stride_dt_batch
-    B_ptr += b * stride_B_batch
-    C_ptr += b * stride_C_batch
+    B_ptr += b * stride_BC_batch
+    C_ptr += b * stride_BC_batch
     y_ptr += b * stride_y_batch
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < DIM
@@ -150,9 +149,9 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
             if HAS_D:
                 y = u * tl.load(D_ptr + ch, mask=mask_d, other=0.0)[:, None]
             for n in tl.static_range(N):
-                Bn = tl.load(B_ptr + k * stride_B_group + n * stride_B_state + pos * stride_B_step,
+                Bn = tl.load(B_ptr + k * stride_BC_group + n * stride_BC_state + pos * stride_BC_step,
                              mask=mask_l, other=0.0)
-                Cn = tl.load(C_ptr + k * stride_C_group + n * stride_C_state + pos * stride_C_step,
+                Cn = tl.load(C_ptr + k * stride_BC_group + n * stride_BC_state + pos * stride_BC_step,
                              mask=mask_l, other=0.0)
                 a = tl.where(mask, tl.exp2(dt * _column(A, cols, n)[:, None]), 1.0)
                 prod_a, h = tl.associative_scan((a, dtu * Bn.to(tl.float32)[None, :]), 1, _affine)
@@ -178,8 +177,7 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
                      L, DIM, K,
                      stride_u_batch, stride_u_channel, stride_u_step,
                      stride_dt_batch, stride_dt_channel, stride_dt_step,
-                     stride_B_batch, stride_B_group, stride_B_state, stride_B_step,
-                     stride_C_batch, stride_C_group, stride_C_state, stride_C_step,
+                     stride_BC_batch, stride_BC_group, stride_BC_state, stride_BC_step,
                      stride_order_set, stride_order_dir,
                      stride_dy_batch, stride_dy_channel, stride_dy_step,
                      stride_du_batch, stride_du_channel, stride_du_step,
@@ -191,8 +189,8 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
     order_ptr = _order_base(order_ptr, index_ptr, b, stride_order_set, HAS_INDEX)
     u_ptr += b * stride_u_batch
     dt_ptr += b * stride_dt_batch
-    B_ptr += b * stride_B_batch
-    C_ptr += b * stride_C_batch
+    B_ptr += b * stride_BC_batch
+    C_ptr += b * stride_BC_batch
     dy_ptr += b * stride_dy_batch
     du_ptr += b * stride_du_batch
     ddt_ptr += b * stride_ddt_batch
@@ -239,9 +237,9 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
             ddt = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
             for n in tl.static_range(N):
                 An = _column(A, cols, n)[:, None]
-                Bn = tl.load(B_ptr + k * stride_B_group + n * stride_B_state + pos * stride_B_step,
+                Bn = tl.load(B_ptr + k * stride_BC_group + n * stride_BC_state + pos * stride_BC_step,
                              mask=mask_l, other=0.0).to(tl.float32)[None, :]
-                Cn = tl.load(C_ptr + k * stride_C_group + n * stride_C_state + pos * stride_C_step,
+                Cn = tl.load(C_ptr + k * stride_BC_group + n * stride_BC_state + pos * stride_BC_step,
                              mask=mask_l, other=0.0).to(tl.float32)[None, :]
                 # Recompute the states of this chunk from the one saved before it.
                 h0 = tl.load(state_ptr + ((b * K * DIM + ch) * n_chunks + c - 1) * N + n,
@@ -295,13 +293,15 @@ def _launch(kernel, grid: Tuple[int, ...], *args, **kwargs) -> None:
 
 def launch_blocks(length: int, dim: int, backward: bool = False) -> Tuple[int, int, int]:
     """``(BLOCK_D, BLOCK_L, num_warps)`` of a launch: tiles of BLOCK_D channels by chunks of
-    BLOCK_L <= 128 steps, 512 elements. The backward keeps about twice as many tiles alive as
-    the forward and spreads the same tile over twice the warps (its chunks must be the
-    forward's: the saved states are at their ends). Chosen with ``compile_check``: no spills,
-    and on sm_90 at least 16 resident warps per SM in the backward (docs/benchmarks.md)."""
-    block_l = min(triton.next_power_of_2(length), 128)
-    block_d = min(triton.next_power_of_2(dim), max(1, 512 // block_l))
-    return block_d, block_l, 8 if backward else 4
+    BLOCK_L <= 64 steps, 256 elements, over 4 warps, forward and backward alike (the
+    backward's chunks must be the forward's: the saved states are at their ends). Chosen
+    with ``python -m quadmamba_kernels.compile_check``: larger tiles, or 8 warps, spill in
+    the backward, whose live tiles and flipped reverse scan take the most registers; these
+    compile without spills and keep 16 or more warps per SM resident in the backward on
+    sm_90 (docs/benchmarks.md)."""
+    block_l = min(triton.next_power_of_2(length), 64)
+    block_d = min(triton.next_power_of_2(dim), max(1, 256 // block_l))
+    return block_d, block_l, 4
 
 
 def saved_states_shape(u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> Tuple[int, ...]:
@@ -323,6 +323,14 @@ def _check_offsets(*tensors: Tensor) -> None:
             raise ValueError(f'selective_scan_triton: one sample of a {tuple(t.shape)} tensor '
                              f'with strides {t.stride()} spans {_sample_extent(t)} elements; '
                              'the kernels index up to 2**31 - 1 within a sample')
+
+
+def _same_layout(B: Tensor, C: Tensor) -> Tuple[Tensor, Tensor]:
+    """B and C share one set of strides in the kernels (fewer registers): the small
+    ``(batch, K, N, L)`` tensors are made contiguous where their strides differ."""
+    if B.stride() == C.stride():
+        return B, C
+    return B.contiguous(), C.contiguous()
 
 
 def _optional(t: Optional[Tensor], like: Tensor) -> Tensor:
@@ -369,6 +377,7 @@ def selective_scan_triton(u: Tensor,
         with ``orders``) and the fp32 states at the chunk ends, for the backward pass.
     """
     A = A.float().contiguous()
+    B, C = _same_layout(B, C)
     k = B.shape[1]
     dim = delta.shape[1] // k
     order_args = _order_arguments(orders, order_index, A)
@@ -380,7 +389,7 @@ def selective_scan_triton(u: Tensor,
     _check_offsets(u, delta, B, C, y)
     _launch(_scan_fwd_kernel, (batch, triton.cdiv(dim, blocks[0])),
             u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], y,
-            states, length, dim, k, *u.stride(), *delta.stride(), *B.stride(), *C.stride(),
+            states, length, dim, k, *u.stride(), *delta.stride(), *B.stride(),
             *order_args[2:], *y.stride(),
             **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks))
     return y, states
@@ -407,6 +416,7 @@ def selective_scan_triton_backward(grad_y: Tensor,
     in map order (the K directions add up in it) and in u's dtype otherwise; the small
     per-channel gradients are fp32."""
     A = A.float().contiguous()
+    B, C = _same_layout(B, C)
     k = B.shape[1]
     dim = delta.shape[1] // k
     order_args = _order_arguments(orders, order_index, A)
@@ -425,7 +435,7 @@ def selective_scan_triton_backward(grad_y: Tensor,
     _launch(_scan_bwd_kernel, (batch, n_blocks),
             u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], grad_y,
             states, du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, *u.stride(),
-            *delta.stride(), *B.stride(), *C.stride(), *order_args[2:], *grad_y.stride(),
+            *delta.stride(), *B.stride(), *order_args[2:], *grad_y.stride(),
             *du.stride(), *ddelta.stride(),
             **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks))
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),

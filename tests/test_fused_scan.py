@@ -188,8 +188,8 @@ def test_candidate_orders_picked_per_sample(small_blocks, dtype):
 
 
 def test_default_blocks_cover_a_long_sequence(fused):
-    """The launch configuration of real shapes: a 600-step sequence is two 512-step chunks
-    (Triton), ten 64-step chunks (C)."""
+    """The launch configuration of real shapes: a 600-step sequence is ten 64-step chunks
+    (Triton and C alike)."""
     assert_matches(make_inputs(batch=1, k=1, dim=2, n_state=1, length=600), torch.float32,
                    fused)
 
