@@ -5,6 +5,7 @@
         [--backends chunked reference] [--dtype float32 [bfloat16 ...]] [--orders] [--mamba]
     python -m quadmamba_kernels.benchmark --device cuda --quadmamba-s [--dtype bfloat16]
         [--json results.json] [--tiny]
+    python -m quadmamba_kernels.benchmark --traffic --quadmamba-s [--batch 128] [--size 224]
 
 Every contender runs on the same inputs in one process, interleaved round by round, so
 the ratios are fair on a noisy machine. Times are medians. Forward+backward goes through
@@ -230,7 +231,21 @@ def main():
                         help='also write all results to this JSON file')
     parser.add_argument('--tiny', action='store_true',
                         help='tiny shapes with the same K: a dry run of the command')
+    parser.add_argument('--traffic', action='store_true',
+                        help='with --quadmamba-s: predict the Triton scan\'s DRAM traffic in one '
+                        'training step (fake CUDA tensors, no GPU needed; see .traffic)')
+    parser.add_argument('--batch', type=int, default=128, help='--traffic: batch size')
+    parser.add_argument('--size', type=int, default=224, help='--traffic: input size')
     args = parser.parse_args()
+    if args.traffic:
+        from .traffic import report as traffic_report
+        from .traffic import training_step_traffic
+        traffic = training_step_traffic('s' if args.quadmamba_s else 'li', args.size,
+                                        args.batch)
+        print(traffic_report(traffic))
+        if args.json:
+            args.json.write_text(json.dumps(traffic, indent=1))
+        return
     device = torch.device(args.device)
     # On CUDA the sequential reference and the segsum backend (for tracers, BLOCK times the
     # memory) are no contenders at these shapes.

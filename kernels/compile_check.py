@@ -23,7 +23,8 @@ Sources:
         recorded (needs the repository's ``tests/`` folder; takes a few minutes).
 
 Exits 1 if any specialisation fails to compile or spills, 2 on bad arguments.
-``--subset`` keeps the backbone's QuadMamba-Li and -S at 224 only (the CI check).
+``--subset`` keeps the backbone at QuadMamba-Li, 224, only (the CI check: every arch at
+224 launches the same tiles, dtypes and stage kinds).
 """
 import argparse
 import contextlib
@@ -107,7 +108,10 @@ def _argument(value: Any) -> Any:
 
 
 def launch_of(kernel, grid, args, kwargs, origin: str = '') -> Launch:
-    name = getattr(kernel, '__name__', None) or kernel.fn.__name__
+    fn = getattr(kernel, 'fn', kernel)  # a JITFunction or the interpreter's
+    name = fn.__name__
+    if fn.__module__ != 'quadmamba_kernels.triton_scan':
+        name = f'{fn.__module__}:{name}'
     return Launch(name, tuple(_argument(a) for a in args),
                   tuple(sorted((k, _argument(v)) for k, v in kwargs.items())),
                   tuple(int(g) for g in grid), origin)
@@ -189,8 +193,10 @@ _PTXAS = re.compile(r'(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 
 
 def _bound_kernel(name: str):
-    from . import triton_scan
-    kernel = getattr(triton_scan, name)
+    """The JITFunction of a launch: a name in :mod:`.triton_scan`, or ``module:name``."""
+    import importlib
+    module, _, name = name.rpartition(':')
+    kernel = getattr(importlib.import_module(module or f'{__package__}.triton_scan'), name)
     if not hasattr(kernel, 'params'):
         raise RuntimeError('the compile check needs the Triton compiler: unset TRITON_INTERPRET')
     return kernel
@@ -422,13 +428,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--targets', type=int, nargs='+', help='compute capabilities, e.g. '
                         '80 86 89 90 (default: those and 100/120 where this Triton has them)')
-    parser.add_argument('--sources', nargs='+', default=['backbone', 'benchmark'],
+    parser.add_argument('--sources', nargs='*', default=['backbone', 'benchmark'],
                         choices=['backbone', 'benchmark', 'tests'])
     parser.add_argument('--subset', action='store_true',
-                        help='the backbone at 224 for li and s only (the CI check)')
+                        help='the backbone as QuadMamba-Li at 224 only (the CI check)')
     parser.add_argument('--jobs', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--json', help='write every result to this file')
     parser.add_argument('--root', default='.', help='repository root (tests source)')
+    parser.add_argument('--launch-log', nargs='+', default=[],
+                        help='also compile the launches recorded in these JSON-lines files '
+                        f'(written by a test run with {ENV_LOG}=FILE)')
     return parser.parse_args(argv)
 
 
@@ -447,14 +456,17 @@ def main(argv=None) -> int:
         return 2
     start = time.perf_counter()
     launches = collect(args.sources, args.subset, Path(args.root).resolve())
+    for log in args.launch_log:
+        launches += [launch_from_json(json.loads(line))
+                     for line in Path(log).read_text().splitlines() if line.strip()]
     recorded = time.perf_counter() - start
     results = compile_all(launches, targets, max(1, args.jobs))
     failed = [r for r in results if not r.ok]
     spilled = [r for r in results if r.ok and r.spill_stores]
     print(f'triton {triton.__version__}, torch {torch.__version__}, {platform.machine()}, '
           f'targets sm_{", sm_".join(map(str, targets))}; {len(launches)} launches recorded '
-          f'from {", ".join(args.sources)} in {recorded:.0f} s')
-    print(table(results))
+          f'from {", ".join(args.sources + args.launch_log) or "nothing"} in {recorded:.0f} s')
+    print(table(results), flush=True)
     n_spec = len(results) // max(1, len(targets))
     print(f'{n_spec} specialisations x {len(targets)} targets: {len(results) - len(failed)} '
           f'compiled, {len(failed)} failed, {len(spilled)} spill; '

@@ -69,11 +69,31 @@ def backward(loss: torch.Tensor) -> None:
         for (child, slot), grad in zip(node.next_functions, outputs):
             if child is None or grad is None:
                 continue
+            grad = _as_expected(grad, child, slot)
             buffer = grads.setdefault(child, [None] * _n_inputs(child))
             buffer[slot] = grad if buffer[slot] is None else buffer[slot] + grad
 
 
+def _expected(node, slot):
+    if node.name() == 'torch::autograd::AccumulateGrad':
+        return node.variable
+    metadata = getattr(node, '_input_metadata', None)
+    return metadata[slot] if metadata is not None and slot < len(metadata) else None
+
+
+def _as_expected(grad: torch.Tensor, node, slot: int) -> torch.Tensor:
+    """What the engine does to a gradient before a node gets it: summed to the shape of the
+    forward's output (broadcasts) and cast to its dtype."""
+    expected = _expected(node, slot)
+    if expected is None:
+        return grad
+    shape = tuple(expected.shape)
+    if tuple(grad.shape) != shape:
+        grad = grad.sum_to_size(shape)
+    return grad if grad.dtype == expected.dtype else grad.to(expected.dtype)
+
+
 def _n_inputs(node) -> int:
     """How many gradients a node takes: one per output of its forward."""
-    return max(1, int(node._input_metadata.__len__())) if hasattr(node, '_input_metadata') \
-        else 1
+    metadata = getattr(node, '_input_metadata', None)
+    return max(1, len(metadata)) if metadata is not None else 1
