@@ -34,8 +34,9 @@ class ScanBackend:
             return ``(y, saved)`` instead of ``y``: the tensor ``saved`` (chunk states,
             say) is then passed to ``backward`` after ``delta_softplus``. Without a
             ``backward``, ``fn`` must be ``traceable``.
-        auto: whether ``'auto'`` may pick it on a device it supports (a backend can run on
-            the CPU for tests without being the CPU's default).
+        auto: ``auto(device, dtype)``: whether ``'auto'`` may pick it on a device it supports
+            for inputs of that dtype (a backend can run on the CPU for tests without being
+            the CPU's default; the Triton scan is passed over where it failed).
         gathers_orders: ``fn`` and ``backward`` take ``orders=`` (``(G, K, L)`` int32
             candidate orders) and ``order_index=`` (``(B,)`` or None) and read the
             map-order layout of :func:`selective_scan` themselves.
@@ -63,7 +64,7 @@ class ScanBackend:
     supports: Callable[[torch.device], bool]
     priority: int
     backward: Optional[Callable[..., Tuple[Optional[Tensor], ...]]] = None
-    auto: Callable[[torch.device], bool] = lambda device: True
+    auto: Callable[[torch.device, torch.dtype], bool] = lambda device, dtype: True
     gathers_orders: bool = False
     saved_shape: Optional[Callable[..., Tuple[int, ...]]] = None
     traceable: bool = False
@@ -93,11 +94,14 @@ def get_backend(name: str) -> ScanBackend:
     return _BACKENDS[name]
 
 
-def resolve_backend(name: str, device: torch.device) -> ScanBackend:
-    """The backend called ``name``, or for ``'auto'`` the best one for ``device``."""
+def resolve_backend(name: str, device: torch.device,
+                    dtype: Optional[torch.dtype] = None) -> ScanBackend:
+    """The backend called ``name``, or for ``'auto'`` the best one for ``device`` (and for
+    inputs of ``dtype``: a backend that failed for them there is passed over)."""
     device = torch.device(device)
     if name == 'auto':
-        candidates = [b for b in _BACKENDS.values() if b.supports(device) and b.auto(device)]
+        candidates = [b for b in _BACKENDS.values()
+                      if b.supports(device) and b.auto(device, dtype or torch.float32)]
         return max(candidates, key=lambda b: b.priority)
     if name not in _BACKENDS:
         raise ValueError(f'unknown scan backend {name!r}; choose one of '
@@ -114,7 +118,7 @@ register_backend(
                 traceable=True))
 register_backend(
     ScanBackend('segsum', selective_scan_segsum, supports=lambda device: True, priority=-10,
-                auto=lambda device: False, traceable=True))
+                auto=lambda device, dtype: False, traceable=True))
 register_backend(
     ScanBackend('chunked', selective_scan_chunked, supports=lambda device: True, priority=10,
                 backward=selective_scan_chunked_backward))
@@ -126,15 +130,18 @@ register_backend(
                 saved_shape=cpu_scan.saved_states_shape, channels_last=True,
                 projects_delta=True))
 try:
-    from . import triton_scan
+    from . import triton_probe, triton_scan
 except ImportError:  # no triton package: the PyTorch backends remain
-    triton_scan = None
+    triton_probe = triton_scan = None
 if triton_scan is not None:
     register_backend(
         ScanBackend('triton', triton_scan.selective_scan_triton,
                     # On the CPU only through the Triton interpreter (TRITON_INTERPRET=1, tests).
                     supports=lambda device: device.type == 'cuda' or triton_scan.INTERPRETED,
-                    auto=lambda device: device.type == 'cuda', priority=20,
+                    # 'auto' takes it on a GPU where a tiny scan of the dtype compiled and ran
+                    # (probed once per device and dtype).
+                    auto=lambda device, dtype: device.type == 'cuda' and triton_probe.
+                    triton_works(device, dtype), priority=20,
                     backward=triton_scan.selective_scan_triton_backward, gathers_orders=True,
                     saved_shape=triton_scan.saved_states_shape,
                     op=triton_scan.selective_scan_triton_op))

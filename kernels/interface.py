@@ -154,7 +154,24 @@ def selective_scan(u: Tensor,
             orders.check_index(order_index, delta.shape[0])
         except ValueError as error:
             raise ValueError(f'selective_scan: {error}') from None
-    impl = resolve_backend(backend, u.device)
+    impl = resolve_backend(backend, u.device, u.dtype)
+    if backend == 'auto' and impl.name == 'triton' and not torch.compiler.is_compiling():
+        from .triton_probe import is_triton_failure, record_failure
+        try:
+            return _run(impl, u, delta, A, B, C, D, delta_bias, delta_softplus, orders,
+                        order_index, output_fp32, delta_proj_weight)
+        except Exception as error:  # a shape the probe did not cover: fall back, once
+            if not is_triton_failure(error):
+                raise
+            record_failure(u.device, u.dtype, error)
+            impl = resolve_backend(backend, u.device, u.dtype)
+    return _run(impl, u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_index,
+                output_fp32, delta_proj_weight)
+
+
+def _run(impl, u, delta, A, B, C, D, delta_bias, delta_softplus, orders, order_index,
+         output_fp32, delta_proj_weight) -> Tensor:
+    """The scan with the backend ``impl``, in fp32, outside autocast."""
     with torch.autocast(device_type=u.device.type, enabled=False):
         if delta_proj_weight is not None and not impl.projects_delta:  # fp32, as in kernels
             delta = torch.matmul(delta_proj_weight.float(), delta.float()).flatten(1, 2)

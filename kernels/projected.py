@@ -47,7 +47,7 @@ def selective_scan_projected(x: Tensor,
     """
     dt_rank = dt_proj_weight.shape[-1]
     n_state = (x_proj_weight.shape[1] - dt_rank) // 2
-    impl = resolve_backend(backend, x.device)
+    impl = resolve_backend(backend, x.device, x.dtype)
     if orders is not None and not impl.gathers_orders:
         if x.dim() != 3:
             raise ValueError('selective_scan_projected: with orders, x is the (batch, D, L) '
@@ -84,5 +84,8 @@ def selective_scan_projected(x: Tensor,
         Bs, Cs = Bs.contiguous(), Cs.contiguous()
     u = x if orders is not None else x.flatten(1, 2)
     return selective_scan(u, delta, A, Bs, Cs, D, dt_bias.flatten(), True, orders=orders,
-                          order_index=order_index, backend=impl.name, output_fp32=True,
+                          order_index=order_index, output_fp32=True,
+                          # 'auto' goes on as 'auto': the scan may still fall back (it takes
+                          # the map either way; a projected delta it applies itself)
+                          backend=backend if backend == 'auto' else impl.name,
                           delta_proj_weight=delta_proj_weight)

@@ -58,6 +58,30 @@ def check_mmcv_ops(device: str) -> List[str]:
     return []
 
 
+def scan_backends(device: str) -> List[str]:
+    """One line per input dtype: the scan backend ``'auto'`` uses on ``device`` for it. On a
+    GPU this compiles and runs one tiny Triton scan per dtype (forward and backward); where
+    it fails, the line says why and that training falls back to the chunked PyTorch scan."""
+    import warnings
+
+    import torch
+
+    from quadmamba_kernels import resolve_backend
+    lines = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # said below, in one line per dtype
+            backend = resolve_backend('auto', torch.device(device), dtype).name
+        line = f'{device} {str(dtype).replace("torch.", "")} inputs: scan backend {backend!r}'
+        if torch.device(device).type == 'cuda':
+            from quadmamba_kernels.triton_probe import known_failure
+            failure = known_failure(torch.device(device), dtype)
+            line += (f' (the Triton scan failed: {failure.splitlines()[0][:200]})' if failure
+                     else ' (a tiny Triton scan compiled and ran, forward and backward)')
+        lines.append(line)
+    return lines
+
+
 def find_problems() -> List[str]:
     problems = []
     for req in pinned_requirements():
@@ -107,6 +131,9 @@ def main(argv=None) -> int:
         devices = 'cpu and cuda' if torch.cuda.is_available() else 'cpu'
         print(f'[env_check] OK: {versions}; mmcv ops run on {devices}; '
               'cv2 from opencv-python-headless')
+        for device in ('cpu', 'cuda') if torch.cuda.is_available() else ('cpu', ):
+            for line in scan_backends(device):
+                print(f'[env_check] {line}')
     return 1 if problems else 0
 
 
