@@ -1,0 +1,156 @@
+"""DRAM traffic of the Triton scan in one training step, predicted without a GPU.
+
+    python -m quadmamba_kernels.benchmark --traffic --quadmamba-s [--batch 128] [--size 224]
+
+A QuadMamba training step runs on fake CUDA tensors (bf16 autocast by default), as in
+:mod:`.compile_check`. Three things are counted:
+
+- kernel launches (recorded with their arguments): each tensor a kernel reads or writes,
+  once, at its size; map-order outputs and input gradients are read back and written once
+  per scan direction after the first (the directions add up in them); the backward's
+  per-program partials of dB and dC are written and read back by their sum;
+- host passes: every tensor copy (dtype casts, layout copies) made on the way into the scan
+  ops (``quadmamba.selective_scan_triton`` and its backward) or on their outputs;
+- the minimum: each scan input read once and each output written once, forward (u, delta,
+  B, C -> y) and backward (u, delta, B, C, dy -> du, ddelta, dB, dC), in the dtypes autograd
+  hands over and needs.
+
+It is a model: caches are assumed to catch every re-read inside a kernel (the orders, a
+chunk's neighbouring step, the per-channel weights), nothing else. The times are bytes over
+bandwidth (H100 SXM 3.35 TB/s, H200 4.8 TB/s), a bound no kernel reaches exactly.
+"""
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+BANDWIDTHS = {'H100 SXM (3.35 TB/s)': 3.35e12, 'H200 (4.8 TB/s)': 4.8e12}
+SCAN_OPS = ('quadmamba.selective_scan_triton.default',
+            'quadmamba.selective_scan_triton_backward.default')
+COPY_OPS = ('aten._to_copy.default', 'aten.clone.default', 'aten.copy_.default',
+            'aten.contiguous.default')
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class ScanTraffic(TorchDispatchMode):
+    """Counts the minimum bytes of each scan op call and the copies made into and out of
+    them, and records the kernels' arguments."""
+
+    def __enter__(self):
+        self.minimum = defaultdict(int)
+        self.host = defaultdict(int)
+        self._copies: Dict[int, Tuple[str, int]] = {}  # id(tensor) -> copy that made it
+        self._scan_outputs: set = set()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        out = func(*args, **(kwargs or {}))
+        flat_out = out if isinstance(out, (list, tuple)) else [out]
+        tensors_in = [a for a in args if isinstance(a, torch.Tensor)]
+        if name in SCAN_OPS:
+            for t in tensors_in:  # a copy made just for the scan is a host pass
+                copied = self._copies.pop(id(t), None)
+                if copied is not None:
+                    self.host[f'{copied[0]} into the scan'] += copied[1]
+            if name == SCAN_OPS[0]:
+                u, delta, _, B, C = args[:5]
+                self.minimum['forward'] += sum(map(nbytes, (u, delta, B, C))) + nbytes(out[0])
+            else:
+                dy, u, delta, _, B, C = args[:6]
+                reads = sum(map(nbytes, (dy, u, delta, B, C)))
+                # the gradients in the dtypes of their inputs
+                writes = sum(t.numel() * t.element_size() for t in (u, delta, B, C))
+                self.minimum['backward'] += reads + writes
+            self._scan_outputs.update(id(t) for t in flat_out if isinstance(t, torch.Tensor))
+        elif name in COPY_OPS and isinstance(out, torch.Tensor):
+            size = sum(map(nbytes, tensors_in[:1])) + nbytes(out)
+            if any(id(t) in self._scan_outputs for t in tensors_in):
+                self.host[f'{name.split(".")[1]} of a scan output'] += size
+                self._scan_outputs.add(id(out))
+            else:
+                self._copies[id(out)] = (name.split('.')[1], size)
+        return out
+
+
+def launch_bytes(launch, sizes: List[int]) -> Tuple[int, int]:
+    """``(kernel bytes, partial-sum bytes)`` of one recorded launch (``sizes``: bytes of each
+    tensor argument, 0 for the others)."""
+    kw = dict(launch.kwargs)
+    forward = launch.kernel.endswith('_scan_fwd_kernel')
+    k = launch.args[(11 if forward else 18) + 2]  # after the pointers: L, DIM, K
+    repeat = k - 1 if kw.get('ORDERED') else 0  # map-order read-modify-writes
+    if forward:
+        u, dt, _, B, C, _, _, orders, _, y, states = sizes[:11]
+        return u + dt + B + C + orders + y + repeat * 2 * y + states, 0
+    (u, dt, _, B, C, _, _, orders, _, dy, states, du, ddt, dB, dC, dA, dD, dbias) = sizes[:18]
+    blocks = launch.grid[1]
+    partial_sum = (dB + dC) + (dB + dC) // max(1, blocks)  # read the partials, write the sum
+    kernel = (u + dt + B + C + orders + dy + states + du + repeat * 2 * du + ddt + dB + dC
+              + dA + dD + dbias)
+    return kernel, partial_sum
+
+
+def training_step_traffic(arch: str = 's', size: int = 224, batch: int = 128,
+                          amp_dtype=torch.bfloat16) -> Dict[str, object]:
+    """The traffic of the scan in one training step of QuadMamba ``arch`` (see above)."""
+    from quadmamba_mm.analysis.triton_launches import (fake_cuda_backbone, run_backbone,
+                                                       to_fake_cuda)
+    from quadmamba_mm.models.quadmamba import QuadMamba
+
+    from . import triton_scan
+    from .compile_check import launch_of
+
+    records = []
+
+    def observe(kernel, grid, args, kwargs):
+        sizes = [nbytes(a) if isinstance(a, torch.Tensor) else 0 for a in args]
+        records.append((launch_of(kernel, grid, args, kwargs), sizes))
+
+    model = QuadMamba(arch=arch, out_indices=(0, 1, 2, 3))
+    triton_scan.LAUNCH_OBSERVERS.append(observe)
+    try:
+        with fake_cuda_backbone() as mode:
+            fake = to_fake_cuda(model, mode)
+            with ScanTraffic() as meter:
+                run_backbone(fake, size, True, amp_dtype, batch=batch)
+    finally:
+        triton_scan.LAUNCH_OBSERVERS.remove(observe)
+    kernels = defaultdict(int)
+    partial = 0
+    for launch, sizes in records:
+        moved, summed = launch_bytes(launch, sizes)
+        kernels[launch.kernel.split(':')[-1]] += moved
+        partial += summed
+    host = dict(meter.host)
+    if partial:
+        host['sum of the dB/dC partials'] = partial
+    minimum = sum(meter.minimum.values())
+    total = sum(kernels.values()) + sum(host.values())
+    return dict(arch=arch, size=size, batch=batch, amp=str(amp_dtype), launches=len(records),
+                kernels=dict(kernels), host=host, minimum=minimum, total=total,
+                ratio=total / max(1, minimum))
+
+
+def report(traffic: Dict[str, object]) -> str:
+    gb = 1e9
+    lines = [f"Predicted DRAM traffic of the Triton scan, one training step of QuadMamba-"
+             f"{traffic['arch'].upper()} (batch {traffic['batch']}, {traffic['size']}x"
+             f"{traffic['size']}, {traffic['amp']} autocast; {traffic['launches']} launches, "
+             "fake CUDA tensors: a model, not a measurement)", '',
+             '| what | GB | x minimum |', '|---|---|---|']
+    minimum = traffic['minimum']
+    for name, moved in list(traffic['kernels'].items()) + list(traffic['host'].items()):
+        lines.append(f'| {name} | {moved / gb:.2f} | {moved / minimum:.2f} |')
+    lines.append(f"| **all** | **{traffic['total'] / gb:.2f}** | **{traffic['ratio']:.2f}** |")
+    lines.append(f'| minimum (each input read, each output written once) | {minimum / gb:.2f} '
+                 '| 1.00 |')
+    lines.append('')
+    for label, bandwidth in BANDWIDTHS.items():
+        lines.append(f"predicted at {label}: {traffic['total'] / bandwidth * 1e3:.1f} ms "
+                     f"(minimum {minimum / bandwidth * 1e3:.1f} ms)")
+    return '\n'.join(lines)
