@@ -59,7 +59,13 @@ def test_cpu_dry_run_writes_a_passing_summary_and_nothing_into_the_tree(tmp_path
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['passed'] and summary['failures'] == [], log
     assert summary['mode'] == 'cpu-dry-run'
-    assert [s['name'] for s in summary['steps']] == ['deps', 'tests', 'scan', 'backbone']
+    assert [s['name'] for s in summary['steps']] == ['deps', 'tests', 'compile', 'scan',
+                                                     'backbone']
+    # The kernels the interpreted tests ran, compiled for sm_90 by the real compiler.
+    compiled = json.loads((out / 'compile.json').read_text())
+    assert compiled['targets'] == [90] and compiled['results']
+    assert all(r['ok'] and not r['spill_stores'] for r in compiled['results'])
+    assert 'gpu tests' in {o for r in compiled['results'] for o in r['origins']}
     pytest_counts = summary['pytest']
     assert pytest_counts['tests'] > 0
     assert pytest_counts['failures'] == pytest_counts['errors'] == pytest_counts['skipped'] == 0
