@@ -21,7 +21,8 @@ from tiny import tiny_backbone
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / 'configs' / 'demo'
 TINY_ARCH = "dict(_delete_=True, embed_dims=16, depths=(1, 1, 1, 1), ssm_ratio=1.0)"
-LOADER = "dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=dict(data_root={root!r}))"
+LOADER = ("dict(batch_size=2, num_workers=0, persistent_workers=False, "
+          "dataset=dict(data_root={root!r}))")
 
 # The demo configs with a 4-stage backbone of 16-128 channels and small heads, reading the
 # generated data under ``root``.
