@@ -20,6 +20,9 @@ weights converted by ``tools/model_converters/quadmamba2mm.py``) or an upstream 
 state dict (converted by :mod:`quadmamba_mm.checkpoints.upstream`). The released weights
 were trained with the released scan layout: load them with the ``upstream_in1k`` tag
 (``'quadmamba_s.upstream_in1k'``), which builds the model with ``scan_layout='upstream'``.
+The released file itself pickles a yacs config, which the weights-only load refuses: convert
+it first (its state dict, given as ``pretrained_cfg_overlay=dict(state_dict=...)``, also
+loads).
 """
 import re
 import warnings
