@@ -348,12 +348,19 @@ def _order_arguments(orders: Optional[Tensor], order_index: Optional[Tensor],
     return orders, index, orders.stride(0), orders.stride(1)
 
 
-def _flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks) -> dict:
+# ptxas may keep fewer registers than a kernel needs, to fit more programs per SM, and spill
+# the rest (the backward on sm_86/89: 96 registers and a 4-byte spill). 128 is the most that
+# still keeps 16 warps of the backward resident per SM.
+BACKWARD_MAX_REGISTERS = 128
+
+
+def _flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks,
+           **options) -> dict:
     block_d, block_l, warps = blocks
     return dict(N=n_state, NP=triton.next_power_of_2(n_state), BLOCK_D=block_d, BLOCK_L=block_l,
                 HAS_D=D is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=delta_softplus, ORDERED=orders is not None,
-                HAS_INDEX=order_index is not None, num_warps=warps)
+                HAS_INDEX=order_index is not None, num_warps=warps, **options)
 
 
 def selective_scan_triton(u: Tensor,
@@ -437,7 +444,8 @@ def selective_scan_triton_backward(grad_y: Tensor,
             states, du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, *u.stride(),
             *delta.stride(), *B.stride(), *order_args[2:], *grad_y.stride(),
             *du.stride(), *ddelta.stride(),
-            **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks))
+            **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks,
+                     maxnreg=BACKWARD_MAX_REGISTERS))
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
             None if delta_bias is None else dbias.sum(0))
 

@@ -189,3 +189,21 @@ def test_offsets_inside_a_sample_are_checked():
         assert y.shape == (1, 8, 2**28)
         with pytest.raises(ValueError, match=r'spans \d+ elements; the kernels index up to'):
             scan(2**28 + 1)
+
+
+@in_compiler_process
+def test_low_precision_models_on_fake_cuda():
+    """QuadMamba-Li cast with .half() and .bfloat16() on 'cuda' fake tensors, eval and a
+    training step: the Triton op runs (its inputs in the model's dtype, the scan in fp32
+    inside), and the outputs come back in the model's dtype."""
+    from quadmamba_mm.analysis.triton_launches import (fake_cuda_backbone, run_backbone,
+                                                       to_fake_cuda)
+    from quadmamba_mm.models import QuadMamba
+    for dtype in (torch.float16, torch.bfloat16):
+        for training in (False, True):
+            model = QuadMamba(arch='li', out_indices=(0, 1, 2, 3)).to(dtype)
+            with fake_cuda_backbone() as mode, OpLog() as log:
+                outs = run_backbone(to_fake_cuda(model, mode), 64, training, None)
+            where = f'{dtype} training={training}'
+            assert all(o.dtype == dtype and o.device.type == 'cuda' for o in outs), where
+            assert 'quadmamba.selective_scan_triton.default' in log.ops, where
