@@ -235,6 +235,10 @@ def test_pretrained_file_from_an_mmpretrain_checkpoint(tmp_path, images):
                                classifier.backbone.patch_embed.conv1.weight.sum(1, True))
 
 
+class CfgNode(dict):
+    """Stands in for the yacs config object upstream checkpoints pickle."""
+
+
 def test_pretrained_file_from_upstream_weights(tmp_path, images):
     classifier = mmpretrain_classifier()
     upstream = to_upstream_state_dict(classifier.state_dict())
@@ -250,8 +254,18 @@ def test_pretrained_file_from_upstream_weights(tmp_path, images):
     # for the released layout
     with pytest.warns(UserWarning, match='upstream_in1k'):
         create(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    # the filter also takes the state dict itself
+    # the filter also takes the state dict itself, given in memory
     assert checkpoint_filter_fn(upstream, model).keys() == model.state_dict().keys()
+    in_memory = create(pretrained=True, scan_layout='upstream',
+                       pretrained_cfg_overlay=dict(state_dict=upstream))
+    assert torch.equal(in_memory.backbone.stages[0].blocks[1].op.predictor.layers[7].weight,
+                       classifier.backbone.stages[0].blocks[1].op.predictor.layers[7].weight)
+    # a file with pickled objects (the release pickles its yacs config) fails timm's
+    # weights-only read: it is converted first (tools/model_converters/quadmamba2mm.py)
+    torch.save({'model': upstream, 'config': CfgNode(MODEL=CfgNode(NAME='vssm'))}, path)
+    with pytest.raises(RuntimeError, match='CfgNode'):
+        create(pretrained=True, scan_layout='upstream',
+               pretrained_cfg_overlay=dict(file=str(path)))
 
 
 def test_upstream_tag_builds_the_released_layout():
