@@ -56,7 +56,7 @@ def main():
     args = parse_args()
     cfg = load_config(args)
     if args.amp:
-        enable_amp(cfg.optim_wrapper)
+        enable_amp(cfg)
     # mmengine would compile train_step with the optimizer step in it; the backbone it is.
     compile_kwargs = take_compile_cfg(cfg, args.compile)
     if args.auto_scale_lr:
