@@ -1,0 +1,412 @@
+"""mmdet's Mask R-CNN as one graph of standard operators: image in, detections out.
+
+:class:`MaskRCNNExport` wraps a built mmdet ``MaskRCNN`` (any backbone and neck; an
+``RPNHead`` with anchors and ``DeltaXYWHBBoxCoder``, a ``StandardRoIHead`` with
+``SingleRoIExtractor`` + ``RoIAlign`` and an ``FCNMaskHead``) and reproduces its test-time
+inference (``model.predict(..., rescale=False)``) with the settings of the model's
+``test_cfg``:
+
+* RPN: per level the ``nms_pre`` best anchors (sigmoid objectness), decoded with the RPN's
+  coder (clipped to the image), boxes of zero width or height dropped (``min_bbox_size``),
+  NMS per level as mmdet runs it (one NMS over the boxes shifted apart by level, the offsets
+  computed as mmcv's ``batched_nms`` does), the ``max_per_img`` best proposals;
+* RoI features per FPN level mapped as ``SingleRoIExtractor`` maps them (``finest_scale``),
+  ``RoIAlign`` with the config's ``sampling_ratio`` and ``aligned`` (ONNX ``RoiAlign``,
+  opset >= 16, ``coordinate_transformation_mode='half_pixel'`` when aligned);
+* box head: softmax scores, class-specific deltas decoded with clipping and the maximal
+  width/height ratio, ``score_thr``, NMS per class (boxes shifted apart by class, as
+  ``batched_nms``), the ``max_per_img`` best;
+* mask head on the kept boxes: the sigmoid of the labelled class, ``(N, 28, 28)``, or with
+  ``paste_masks=True`` pasted into the input image as mmdet pastes them (``grid_sample``) and
+  thresholded at ``mask_thr_binary``, ``(N, H, W)`` booleans.
+
+Everything is written without branches on data (no ``if tensor.numel()``), so an image with
+no proposals, no detections or an FPN level that receives no RoI runs through the same graph
+with zero-size tensors. NMS and RoIAlign are ``torchvision.ops.nms`` and
+``torchvision.ops.roi_align``, which torch's ONNX exporters translate to the standard
+``NonMaxSuppression`` and ``RoiAlign`` operators, and which compute what mmcv's ``nms`` and
+``RoIAlign`` compute (the same greedy suppression with a strict ``IoU > threshold``; the same
+bilinear sampling grid).
+
+Two details differ from mmdet by at most a rounding step, and only where ties decide:
+
+* the FPN level of a RoI is ``floor(log2(scale / finest_scale + 1e-6))``, computed here by
+  comparing ``scale / finest_scale + 1e-6`` with the powers of two (exact; ONNX has no
+  ``Log2``, and ``Log(x) / Log(2)`` rounds). mmdet's ``torch.log2`` can round a value within
+  one float step below a power of two up to it;
+* equal scores are ranked by index (a stable sort, as ONNX ``TopK`` ranks them); mmdet's
+  sorts leave the order of equal scores to the sort implementation.
+
+Boxes are in the coordinates of the network input; ``img_shape`` (the image's height and
+width before padding) bounds them, as mmdet's ``img_shape`` does. Dividing them by the
+pipeline's ``scale_factor`` and pasting masks at the original size, as mmdet does with
+``rescale=True``, is left to the caller (:mod:`quadmamba_mm.deploy.detector_eval`).
+"""
+import copy
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['MaskRCNNExport', 'batched_nms', 'delta2bbox', 'paste_masks', 'export_mask_rcnn',
+           'OUTPUT_NAMES']
+
+OUTPUT_NAMES = ('boxes', 'scores', 'labels', 'masks')
+
+
+def _type_name(module) -> str:
+    return type(module).__name__
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise ValueError(f'MaskRCNNExport: {what}')
+
+
+def delta2bbox(rois: Tensor,
+               deltas: Tensor,
+               means: Sequence[float],
+               stds: Sequence[float],
+               max_shape: Optional[Tensor],
+               wh_ratio_clip: float = 16 / 1000) -> Tensor:
+    """mmdet's ``DeltaXYWHBBoxCoder`` decoding of ``(N, 4)`` deltas against ``(N, 4)`` boxes,
+    with the same operations in the same order (so the same float rounding).
+
+    Args:
+        rois: ``(N, 4)`` anchors or proposals, ``x1, y1, x2, y2``.
+        deltas: ``(N, 4)`` encoded offsets.
+        means: the coder's ``target_means``.
+        stds: the coder's ``target_stds``.
+        max_shape: ``(2,)`` float height and width to clip the boxes to, or ``None`` for
+            no clipping (the coder's ``clip_border=False``).
+        wh_ratio_clip: the largest ratio of a box's width or height change is
+            ``|log(wh_ratio_clip)|`` in log space.
+    """
+    means = deltas.new_tensor(means).view(1, -1)
+    stds = deltas.new_tensor(stds).view(1, -1)
+    denorm = deltas * stds + means
+    dxy, dwh = denorm[:, :2], denorm[:, 2:]
+    pxy = (rois[:, :2] + rois[:, 2:]) * 0.5
+    pwh = rois[:, 2:] - rois[:, :2]
+    dxy_wh = pwh * dxy
+    max_ratio = abs(math.log(wh_ratio_clip))
+    dwh = dwh.clamp(min=-max_ratio, max=max_ratio)
+    gxy = pxy + dxy_wh
+    gwh = pwh * dwh.exp()
+    bboxes = torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
+    if max_shape is not None:
+        # clamp_(min=0, max=W) on x and (min=0, max=H) on y, as mmdet clips.
+        max_xy = max_shape.flip(0).repeat(2)
+        bboxes = torch.minimum(bboxes.clamp(min=0), max_xy)
+    return bboxes
+
+
+def _sort_descending(values: Tensor) -> Tuple[Tensor, Tensor]:
+    """``values`` sorted best first, equal values in index order: ONNX ``TopK``'s order.
+    Exported, the plain sort becomes ``TopK`` (the exporter has no stable sort); in eager
+    mode the stable sort gives the same order."""
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return values.sort(descending=True)
+    return values.sort(descending=True, stable=True)
+
+
+def _largest(values: Tensor) -> Tensor:
+    """The largest element, ``-inf`` for an empty tensor (no data-dependent branch)."""
+    return torch.cat([values.reshape(-1), values.new_full((1, ), float('-inf'))]).max()
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor,
+                iou_threshold: float) -> Tensor:
+    """NMS within each group (class or FPN level), as mmcv's ``batched_nms``: the boxes of
+    group ``g`` are shifted by ``g * (max coordinate + 1)`` so that no two groups overlap,
+    then one greedy NMS runs over all of them.
+
+    Args:
+        boxes: ``(N, 4)`` boxes.
+        scores: ``(N,)`` scores.
+        groups: ``(N,)`` integer group of each box.
+        iou_threshold: boxes with a larger IoU than this with a better box are dropped.
+
+    Returns:
+        ``(K,)`` indices of the kept boxes, best score first.
+    """
+    from torchvision.ops import nms
+    offsets = groups.to(boxes) * (_largest(boxes) + 1)
+    return nms(boxes + offsets[:, None], scores, float(iou_threshold))
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+    """``(N, h, w)`` mask probabilities pasted into ``(N, height, width)`` images at their
+    boxes, as mmdet's ``_do_paste_mask`` pastes them (bilinear ``grid_sample``, pixel centres
+    at ``+0.5``; a box of zero width or height gives the coordinate 0 where it divides by 0).
+    """
+    x0, y0, x1, y1 = torch.split(boxes, 1, dim=1)
+    img_y = torch.arange(height, device=boxes.device).to(torch.float32) + 0.5
+    img_x = torch.arange(width, device=boxes.device).to(torch.float32) + 0.5
+    img_y = (img_y - y0) / (y1 - y0) * 2 - 1
+    img_x = (img_x - x0) / (x1 - x0) * 2 - 1
+    img_y = torch.where(torch.isinf(img_y), torch.zeros_like(img_y), img_y)
+    img_x = torch.where(torch.isinf(img_x), torch.zeros_like(img_x), img_x)
+    count = masks.shape[0]
+    gx = img_x[:, None, :].expand(count, height, width)
+    gy = img_y[:, :, None].expand(count, height, width)
+    grid = torch.stack([gx, gy], dim=3)
+    return F.grid_sample(masks[:, None].float(), grid, align_corners=False)[:, 0]
+
+
+class MaskRCNNExport(nn.Module):
+    """A built mmdet ``MaskRCNN`` as ``image -> (boxes, scores, labels, masks)`` in torch
+    operators that export to standard ONNX (see the module docstring for what is computed).
+
+    Args:
+        detector: a built mmdet ``MaskRCNN`` (or any ``TwoStageDetector`` with the heads
+            named above) in eval mode; its ``test_cfg`` gives the inference settings. It is
+            used as it is, not copied.
+        paste_masks: return masks pasted into the (padded) input image and thresholded at
+            ``test_cfg.rcnn.mask_thr_binary``, ``(N, H, W)`` booleans, instead of the
+            ``(N, 28, 28)`` probabilities of the labelled class. Default: False.
+    """
+
+    def __init__(self, detector: nn.Module, paste_masks: bool = False) -> None:
+        super().__init__()
+        self.detector = detector
+        self.paste = paste_masks
+        self._check_supported(detector)
+        # The heads' own settings: what mmdet's predict reads.
+        self.rpn_cfg, self.rcnn_cfg = detector.rpn_head.test_cfg, detector.roi_head.test_cfg
+
+    @staticmethod
+    def _check_supported(detector: nn.Module) -> None:
+        """Raise a ValueError naming the first component this graph does not reproduce."""
+        for name in ('backbone', 'neck', 'rpn_head', 'roi_head'):
+            _require(hasattr(detector, name), f'the detector has no {name}; expected an mmdet '
+                     f'MaskRCNN, got {_type_name(detector)}')
+        rpn, roi = detector.rpn_head, detector.roi_head
+        _require(_type_name(rpn) == 'RPNHead', f'expected an RPNHead, got {_type_name(rpn)}')
+        _require(rpn.use_sigmoid_cls, 'the RPN must score anchors with a sigmoid')
+        _require(_type_name(rpn.prior_generator) == 'AnchorGenerator',
+                 f'expected an AnchorGenerator, got {_type_name(rpn.prior_generator)}')
+        _require(_type_name(roi) == 'StandardRoIHead',
+                 f'expected a StandardRoIHead, got {_type_name(roi)}')
+        _require(roi.with_mask and not roi.share_roi_extractor and not roi.with_shared_head,
+                 'expected a StandardRoIHead with its own mask RoI extractor and no shared head')
+        for coder in (rpn.bbox_coder, roi.bbox_head.bbox_coder):
+            _require(_type_name(coder) == 'DeltaXYWHBBoxCoder' and not coder.add_ctr_clamp,
+                     f'expected a DeltaXYWHBBoxCoder without add_ctr_clamp, got '
+                     f'{_type_name(coder)}')
+        _require(not roi.bbox_head.custom_cls_channels,
+                 'the box head must score classes with a plain softmax (no custom_cls_channels)')
+        for extractor in (roi.bbox_roi_extractor, roi.mask_roi_extractor):
+            _require(_type_name(extractor) == 'SingleRoIExtractor',
+                     f'expected a SingleRoIExtractor, got {_type_name(extractor)}')
+            for layer in extractor.roi_layers:
+                _require(_type_name(layer) == 'RoIAlign' and layer.pool_mode == 'avg',
+                         f'expected RoIAlign layers with pool_mode="avg", got '
+                         f'{_type_name(layer)}({getattr(layer, "pool_mode", "?")})')
+        _require(_type_name(roi.mask_head) == 'FCNMaskHead',
+                 f'expected an FCNMaskHead, got {_type_name(roi.mask_head)}')
+        for stage, head in (('rpn', rpn), ('rcnn', roi)):
+            nms_cfg = head.test_cfg.nms
+            _require(nms_cfg.get('type', 'nms') == 'nms' and
+                     not nms_cfg.get('class_agnostic', False),
+                     f'test_cfg.{stage}.nms must be plain per-group nms, got {dict(nms_cfg)}')
+
+    # -- RPN -------------------------------------------------------------------------------
+
+    def _anchors(self, level: int, height: int, width: int, like: Tensor) -> Tensor:
+        """``(H*W*A, 4)`` anchors of one level, in mmdet's order (``AnchorGenerator``)."""
+        generator = self.detector.rpn_head.prior_generator
+        base = generator.base_anchors[level].to(like)
+        stride_w, stride_h = generator.strides[level]
+        shift_x = torch.arange(0, width, device=like.device).to(like.dtype) * stride_w
+        shift_y = torch.arange(0, height, device=like.device).to(like.dtype) * stride_h
+        shift_xx = shift_x.repeat(height)
+        shift_yy = shift_y.view(-1, 1).repeat(1, width).view(-1)
+        shifts = torch.stack([shift_xx, shift_yy, shift_xx, shift_yy], dim=-1)
+        return (base[None, :, :] + shifts[:, None, :]).view(-1, 4)
+
+    def proposals(self, feats: Sequence[Tensor], max_shape: Tensor) -> Tensor:
+        """``(P, 4)`` RPN proposals, best first, as mmdet's ``RPNHead.predict`` gives them.
+
+        Args:
+            feats: the neck's maps, each ``(1, C, H_l, W_l)``.
+            max_shape: ``(2,)`` float image height and width.
+        """
+        rpn = self.detector.rpn_head
+        cfg = self.rpn_cfg
+        nms_pre = cfg.get('nms_pre', -1)
+        cls_scores, bbox_preds = rpn(tuple(feats))
+        boxes, scores, levels = [], [], []
+        for level, (cls_score, bbox_pred) in enumerate(zip(cls_scores, bbox_preds)):
+            height, width = cls_score.shape[-2:]
+            deltas = bbox_pred[0].permute(1, 2, 0).reshape(-1, 4)
+            score = cls_score[0].permute(1, 2, 0).reshape(-1).sigmoid()
+            anchors = self._anchors(level, height, width, deltas)
+            if 0 < nms_pre < score.shape[0]:
+                score, order = _sort_descending(score)
+                score, order = score[:nms_pre], order[:nms_pre]
+                deltas, anchors = deltas[order], anchors[order]
+            boxes.append(delta2bbox(anchors, deltas, rpn.bbox_coder.means, rpn.bbox_coder.stds,
+                                    max_shape if rpn.bbox_coder.clip_border else None))
+            scores.append(score)
+            levels.append(torch.full_like(score, level, dtype=torch.long))
+        boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
+        min_size = cfg.get('min_bbox_size', -1)
+        if min_size >= 0:
+            wh = boxes[:, 2:] - boxes[:, :2]
+            valid = ((wh[:, 0] > min_size) & (wh[:, 1] > min_size)).nonzero()[:, 0]
+            boxes, scores, levels = boxes[valid], scores[valid], levels[valid]
+        keep = batched_nms(boxes, scores, levels, cfg.nms.iou_threshold)
+        return boxes[keep[:cfg.max_per_img]]
+
+    # -- RoI features ----------------------------------------------------------------------
+
+    @staticmethod
+    def roi_levels(rois: Tensor, num_levels: int, finest_scale: float) -> Tensor:
+        """``SingleRoIExtractor.map_roi_levels``: ``floor(log2(scale / finest_scale +
+        1e-6))`` clamped to the levels, by comparisons with the powers of two."""
+        scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+        ratio = scale / finest_scale + 1e-6
+        level = torch.zeros_like(ratio, dtype=torch.long)
+        for k in range(1, num_levels):
+            level = level + (ratio >= 2.0**k).long()
+        return level
+
+    @staticmethod
+    def roi_features(extractor: nn.Module, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
+        """``SingleRoIExtractor``: each RoI pooled from its FPN level, ``(K, C, h, w)``.
+
+        Each level pools the RoIs mapped to it (an empty set too) and scatters the result
+        into place, as mmdet's loop does without its branch on empty levels.
+        """
+        from torchvision.ops import roi_align
+        feats = feats[:extractor.num_inputs]
+        layers = extractor.roi_layers
+        levels = MaskRCNNExport.roi_levels(rois, len(feats), extractor.finest_scale)
+        out_h, out_w = layers[0].output_size
+        out = rois.new_zeros(rois.shape[0], extractor.out_channels, out_h, out_w)
+        for level, (feat, layer) in enumerate(zip(feats, layers)):
+            inds = (levels == level).nonzero()[:, 0]
+            pooled = roi_align(feat, rois[inds], (out_h, out_w), float(layer.spatial_scale),
+                               int(layer.sampling_ratio), bool(layer.aligned))
+            out = out.index_put((inds, ), pooled)
+        return out
+
+    # -- second stage ----------------------------------------------------------------------
+
+    def detect(self, feats: Sequence[Tensor], proposals: Tensor,
+               max_shape: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Box head on the proposals: ``(N, 4)`` boxes, ``(N,)`` scores, ``(N,)`` labels,
+        as ``BBoxHead.predict_by_feat`` with ``multiclass_nms`` gives them."""
+        roi_head = self.detector.roi_head
+        head, cfg = roi_head.bbox_head, self.rcnn_cfg
+        rois = torch.cat([proposals.new_zeros(proposals.shape[0], 1), proposals], dim=1)
+        cls_score, bbox_pred = head(self.roi_features(roi_head.bbox_roi_extractor, feats, rois))
+        scores = F.softmax(cls_score, dim=-1)[:, :-1]
+        num_classes = scores.shape[1]
+        regressed = 1 if head.reg_class_agnostic else num_classes
+        coder = head.bbox_coder
+        boxes = delta2bbox(proposals.repeat_interleave(regressed, dim=0),
+                           bbox_pred.reshape(-1, 4), coder.means, coder.stds,
+                           max_shape if coder.clip_border else None)
+        boxes = boxes.reshape(-1, regressed, 4).expand(-1, num_classes, 4).reshape(-1, 4)
+        labels = torch.arange(num_classes, device=scores.device).repeat(scores.shape[0])
+        scores = scores.reshape(-1)
+        valid = (scores > cfg.score_thr).nonzero()[:, 0]
+        boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+        keep = batched_nms(boxes, scores, labels, cfg.nms.iou_threshold)
+        if cfg.max_per_img > 0:
+            keep = keep[:cfg.max_per_img]
+        return boxes[keep], scores[keep], labels[keep]
+
+    def predict_masks(self, feats: Sequence[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
+        """``(N, 28, 28)`` mask probabilities of each box's labelled class."""
+        roi_head = self.detector.roi_head
+        rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
+        logits = roi_head.mask_head(self.roi_features(roi_head.mask_roi_extractor, feats, rois))
+        if not roi_head.mask_head.class_agnostic:
+            logits = logits[torch.arange(logits.shape[0], device=logits.device), labels]
+        else:
+            logits = logits[:, 0]
+        return logits.sigmoid()
+
+    def forward(self, image: Tensor, img_shape: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """Detect in one preprocessed image.
+
+        Args:
+            image: ``(1, 3, H, W)``, normalised and padded as mmdet's data preprocessor
+                leaves it.
+            img_shape: ``(2,)`` height and width of the image inside the padding (mmdet's
+                ``img_shape``), any number type. Default: ``(H, W)``, no padding.
+
+        Returns:
+            ``boxes (N, 4)`` float ``x1, y1, x2, y2`` in input pixels, ``scores (N,)``,
+            ``labels (N,)`` int64, and ``masks``: ``(N, 28, 28)`` probabilities of the labelled
+            class, or with ``paste_masks`` ``(N, H, W)`` booleans.
+        """
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            raise ValueError(f'expected one image as a (1, 3, H, W) tensor, got shape '
+                             f'{tuple(image.shape)}')
+        if img_shape is None:
+            max_shape = image.new_tensor([image.shape[2], image.shape[3]])
+        else:
+            max_shape = img_shape.to(image.dtype).reshape(2)
+        feats = self.detector.extract_feat(image)
+        proposals = self.proposals(feats, max_shape)
+        boxes, scores, labels = self.detect(feats, proposals, max_shape)
+        masks = self.predict_masks(feats, boxes, labels)
+        if self.paste:
+            pasted = paste_masks(masks, boxes, image.shape[2], image.shape[3])
+            masks = pasted >= self.rcnn_cfg.mask_thr_binary
+        return boxes, scores, labels, masks
+
+
+def for_export(detector: nn.Module, scan_backend: str = 'segsum') -> nn.Module:
+    """A copy of ``detector`` in eval mode with its selective scans on ``scan_backend``
+    (``'segsum'``: the exact scan in standard operators)."""
+    from ..models import SelectiveScan
+    detector = copy.deepcopy(detector).eval()
+    for module in detector.modules():
+        if isinstance(module, SelectiveScan):
+            module.backend = scan_backend
+    return detector
+
+
+def export_mask_rcnn(detector: nn.Module,
+                     image: Tensor,
+                     path: str,
+                     paste_masks: bool = False,
+                     opset: int = 18,
+                     dynamo: bool = True) -> List[str]:
+    """Write ``detector`` (a built mmdet Mask R-CNN) to ``path`` as ONNX: inputs ``image``
+    ``(1, 3, H, W)`` float and ``img_shape`` ``(2,)`` int64; outputs :data:`OUTPUT_NAMES`.
+
+    Args:
+        detector: the mmdet model; a copy with the exact exportable scan is exported.
+        image: an example input; its H and W are fixed in the graph (the backbone's scan
+            orders are built for one map size).
+        path: the ``.onnx`` file to write.
+        paste_masks: see :class:`MaskRCNNExport`.
+        opset: ONNX opset, at least 16 (``RoiAlign`` with ``half_pixel``).
+        dynamo: torch's default (``torch.export``-based) exporter; False for the
+            TorchScript one.
+
+    Returns:
+        The output names.
+    """
+    if opset < 16:
+        raise ValueError(f'opset {opset} has no RoiAlign with half_pixel coordinates; '
+                         f'expected opset >= 16')
+    wrapper = MaskRCNNExport(for_export(detector), paste_masks=paste_masks).eval()
+    img_shape = torch.tensor(image.shape[2:], dtype=torch.long)
+    names = list(OUTPUT_NAMES)
+    with torch.no_grad():
+        kwargs = dict(input_names=['image', 'img_shape'], output_names=names,
+                      opset_version=opset, dynamo=dynamo)
+        if dynamo:
+            kwargs.update(optimize=False, verbose=False)
+        torch.onnx.export(wrapper, (image, img_shape), path, **kwargs)
+    return names

@@ -1,0 +1,156 @@
+"""The whole Mask R-CNN (QuadMamba backbone, FPN, RPN, RoI heads) exported to ONNX with
+standard operators: ONNX Runtime gives mmdet's detections, with no detection too."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / 'configs/demo/mask-rcnn_quadmamba-li_fpn_shapes.py'
+SIZE = (128, 128)
+
+
+def build_demo_detector():
+    """The demo Mask R-CNN with one block per stage and seeded random weights."""
+    from mmengine.config import Config
+
+    from quadmamba_mm.runtime.toolbox import build_model
+    cfg = Config.fromfile(str(CONFIG))
+    cfg.model.backbone.arch = dict(embed_dims=48, depths=[1, 1, 1, 1], ssm_ratio=1.0)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def image(seed: int) -> torch.Tensor:
+    """A normalised photograph-like input: smooth shading with bright and dark discs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE[0], 0:SIZE[1]].astype(np.float32)
+    picture = np.stack([np.sin(xx / 17 + c) * np.cos(yy / 23 - c) for c in range(3)])
+    for _ in range(6):
+        cy, cx, radius = rng.integers(0, SIZE[0]), rng.integers(0, SIZE[1]), rng.integers(8, 30)
+        picture[:, (yy - cy)**2 + (xx - cx)**2 < radius**2] = rng.uniform(-2, 2, (3, 1))
+    return torch.from_numpy(picture + rng.normal(0, 0.05, picture.shape).astype(np.float32))[None]
+
+
+def mmdet_predict(detector, x: torch.Tensor, img_shape=SIZE):
+    """mmdet's own inference, in input coordinates (``rescale=False``)."""
+    from mmdet.structures import DetDataSample
+    meta = dict(img_shape=tuple(img_shape), ori_shape=tuple(img_shape), scale_factor=(1., 1.),
+                batch_input_shape=tuple(x.shape[2:]), pad_shape=tuple(x.shape[2:]))
+    with torch.no_grad():
+        return detector.predict(x, [DetDataSample(metainfo=meta)], rescale=False)[0].pred_instances
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    from quadmamba_mm.deploy.detector_eval import OrtMaskRCNN
+    from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
+    detector = build_demo_detector()
+    path = tmp_path_factory.mktemp('onnx') / 'mask_rcnn.onnx'
+    export_mask_rcnn(detector, image(0), str(path))
+    return detector, path, OrtMaskRCNN(str(path))
+
+
+def test_wrapper_reproduces_mmdet():
+    """In PyTorch the export wrapper is mmdet's inference, bit for bit, masks pasted too."""
+    from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
+    detector = build_demo_detector()
+    x = image(1)
+    expected = mmdet_predict(detector, x)
+    with torch.no_grad():
+        boxes, scores, labels, masks = MaskRCNNExport(detector, paste_masks=True)(x)
+    assert len(boxes) == detector.roi_head.test_cfg.max_per_img  # random weights: many detections
+    torch.testing.assert_close(boxes, expected.bboxes, rtol=0, atol=0)
+    torch.testing.assert_close(scores, expected.scores, rtol=0, atol=0)
+    assert torch.equal(labels, expected.labels)
+    assert torch.equal(masks, expected.masks)
+
+
+@pytest.mark.slow
+def test_onnx_runtime_matches_mmdet(exported):
+    """Two images, one the export did not see: the same boxes (IoU >= 0.99), labels and
+    scores (1e-4) as mmdet, the mask probabilities of the PyTorch wrapper within 1e-4."""
+    from quadmamba_mm.deploy.detector_eval import match_detections
+    from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
+    detector, _, runtime = exported
+    for seed in (0, 2):
+        x = image(seed)
+        got = runtime(x, SIZE)
+        expected = mmdet_predict(detector, x)
+        assert len(expected.bboxes) > 0
+        report = match_detections(
+            {k: expected[k] for k in ('bboxes', 'scores', 'labels')},
+            dict(bboxes=got['boxes'], scores=got['scores'], labels=got['labels']))
+        assert report['matched'] == report['reference'] == report['other'], report
+        with torch.no_grad():
+            _, _, _, masks = MaskRCNNExport(detector)(x)
+        torch.testing.assert_close(got['masks'], masks, rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope='module')
+def exported_without_detections(tmp_path_factory):
+    """A 64x64 graph whose box head keeps no box: a score threshold of 1 (``scores > 1``)."""
+    from quadmamba_mm.deploy.detector_eval import OrtMaskRCNN
+    from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
+    detector = build_demo_detector()
+    detector.roi_head.test_cfg.score_thr = 1.0
+    path = tmp_path_factory.mktemp('onnx') / 'mask_rcnn_64.onnx'
+    export_mask_rcnn(detector, image(0)[..., :64, :64], str(path))
+    return detector, OrtMaskRCNN(str(path))
+
+
+@pytest.mark.slow
+def test_onnx_runtime_without_detections(exported_without_detections):
+    """Proposals but no detection: the box-head NMS, the mask head and its RoIAlign on
+    every FPN level see zero boxes, and ONNX Runtime returns empty outputs, as mmdet does."""
+    from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
+    detector, runtime = exported_without_detections
+    x = image(4)[..., :64, :64]
+    with torch.no_grad():
+        wrapper = MaskRCNNExport(detector)
+        proposals = wrapper.proposals(detector.extract_feat(x), torch.tensor([64., 64.]))
+    assert len(proposals) > 0
+    assert len(mmdet_predict(detector, x, (64, 64)).bboxes) == 0
+    got = runtime(x, (64, 64))
+    assert [tuple(v.shape) for v in got.values()] == [(0, 4), (0, ), (0, ), (0, 28, 28)]
+
+
+@pytest.mark.slow
+def test_onnx_runtime_without_proposals(exported):
+    """An image region of 0x0 clips every anchor to an empty box, which the RPN drops
+    (``min_bbox_size``): zero-size tensors from the RPN's NMS on, as in mmdet."""
+    detector, _, runtime = exported
+    x = image(3)
+    assert len(mmdet_predict(detector, x, (0, 0)).bboxes) == 0
+    got = runtime(x, (0, 0))
+    assert [tuple(v.shape) for v in got.values()] == [(0, 4), (0, ), (0, ), (0, 28, 28)]
+
+
+@pytest.mark.slow
+def test_standard_operators_only(exported):
+    """Every node in the default ONNX domain; NMS and RoIAlign as the standard operators,
+    RoiAlign with half-pixel coordinates (mmcv's aligned=True) and the config's sampling."""
+    import onnx
+    _, path, _ = exported
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    assert {node.domain for node in nodes} <= {'', 'ai.onnx'}
+    assert max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')) >= 16
+    ops = {node.op_type for node in nodes}
+    assert {'NonMaxSuppression', 'RoiAlign', 'TopK'} <= ops
+    for node in nodes:
+        if node.op_type == 'RoiAlign':
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs['coordinate_transformation_mode'] == b'half_pixel'
+            assert attrs.get('sampling_ratio', 0) == 0 and attrs.get('mode', b'avg') == b'avg'
+
+
+def test_unsupported_detector_is_named():
+    from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
+    detector = build_demo_detector()
+    detector.roi_head.test_cfg.nms = dict(type='soft_nms', iou_threshold=0.5)
+    with pytest.raises(ValueError, match='soft_nms'):
+        MaskRCNNExport(detector)
+    with pytest.raises(ValueError, match=r'\(1, 3, H, W\)'):
+        MaskRCNNExport(build_demo_detector())(torch.zeros(2, 3, 64, 64))
