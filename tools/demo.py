@@ -16,7 +16,9 @@ import cv2
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from quadmamba_mm.runtime.quiet import quiet_tools
 from quadmamba_mm.datasets import make_all
+from quadmamba_mm.engine.guards import add_training_guards
 from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
                                         quadtree_partitions)
 
@@ -27,6 +29,7 @@ METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_
 def runner_for(cfg: Config, work_dir: Path) -> Runner:
     cfg = copy.deepcopy(cfg)
     cfg.work_dir = str(work_dir)
+    add_training_guards(cfg)  # as tools/train.py: bad samples skipped, non-finite losses stop
     return Runner.from_cfg(cfg)
 
 
@@ -45,6 +48,7 @@ def visualize(runner: Runner, data_root: Path, out_dir: Path, count: int = 4) ->
 
 
 def main():
+    quiet_tools()  # no pkg_resources warnings, no torch build dump
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo', type=Path)
     parser.add_argument('--data', default='data/demo', type=Path)

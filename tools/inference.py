@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from mmengine.config import Config
 
+from quadmamba_mm.runtime.quiet import quiet_tools
 from quadmamba_mm.checkpoints.fit import exit_unless_fits
 from quadmamba_mm.checkpoints.resume import check_checkpoint
 from quadmamba_mm.model_index import build_inferencer, resolve_config
@@ -113,6 +114,7 @@ def release_device_memory() -> None:
 
 
 def main():
+    quiet_tools()  # no pkg_resources warnings, no torch build dump
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='a config file or a model name of model-index.yml')
     parser.add_argument('checkpoint', help="the model's checkpoint, or 'none' for random weights")

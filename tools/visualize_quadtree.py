@@ -18,6 +18,7 @@ import cv2
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
+from quadmamba_mm.runtime.quiet import quiet_tools
 from quadmamba_mm.runtime.images import list_images, run_per_image
 from quadmamba_mm.runtime.toolbox import build_model
 from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
@@ -25,6 +26,7 @@ from quadmamba_mm.visualization import (backbone_input, draw_all_partitions,
 
 
 def main():
+    quiet_tools()  # no pkg_resources warnings, no torch build dump
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
     parser.add_argument('checkpoint', help="the model's checkpoint, or 'none' for random weights")

@@ -10,6 +10,7 @@ import argparse
 import torch
 from mmengine.config import Config, DictAction
 
+from quadmamba_mm.runtime.quiet import quiet_tools
 from quadmamba_mm.analysis.complexity import count_params_and_flops
 from quadmamba_mm.runtime.toolbox import build_model, dummy_data_samples
 
@@ -36,6 +37,7 @@ def parse_args():
 
 
 def main():
+    quiet_tools()  # no pkg_resources warnings, no torch build dump
     args = parse_args()
     if len(args.shape) not in (1, 2):
         raise SystemExit('--shape takes H or H W')

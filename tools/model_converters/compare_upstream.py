@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from mmengine.config import Config
 
 from quadmamba_kernels import selective_scan_reference
+from quadmamba_mm.runtime.quiet import quiet_tools
 from quadmamba_mm.runtime.toolbox import build_model
 from quadmamba_mm.checkpoints.upstream import convert_upstream_state_dict
 
@@ -110,6 +111,7 @@ def compare(vmamba, arch: str, batch: int, size: int, seed: int) -> None:
 
 
 def main():
+    quiet_tools()  # no pkg_resources warnings, no torch build dump
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--upstream-root', required=True, type=Path,
                         help="the upstream checkout's classification/ folder")
