@@ -348,10 +348,21 @@ def _order_arguments(orders: Optional[Tensor], order_index: Optional[Tensor],
     return orders, index, orders.stride(0), orders.stride(1)
 
 
-# ptxas may keep fewer registers than a kernel needs, to fit more programs per SM, and spill
-# the rest (the backward on sm_86/89: 96 registers and a 4-byte spill). 128 is the most that
-# still keeps 16 warps of the backward resident per SM.
-BACKWARD_MAX_REGISTERS = 128
+def backward_options(capability: Optional[Tuple[int, int]]) -> dict:
+    """Launch options of the backward kernel on a GPU of compute ``capability`` (None: not
+    known, as on fake tensors; the compile check applies this per target).
+
+    ptxas may keep fewer registers than a kernel needs, to fit more programs per SM, and spill
+    the rest: the backward on sm_86/89 got 96 registers and a 4-byte spill. There it may use
+    128, the most that keeps 16 warps resident per SM; elsewhere a cap spills (sm_120: 4
+    bytes at 128), so ptxas chooses."""
+    return {'maxnreg': 128} if capability in ((8, 6), (8, 9)) else {}
+
+
+def _capability(device: torch.device) -> Optional[Tuple[int, int]]:
+    if device.type != 'cuda' or not torch.cuda.is_available():
+        return None  # the interpreter, or fake CUDA tensors
+    return tuple(torch.cuda.get_device_capability(device))
 
 
 def _flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks,
@@ -445,7 +456,7 @@ def selective_scan_triton_backward(grad_y: Tensor,
             *delta.stride(), *B.stride(), *order_args[2:], *grad_y.stride(),
             *du.stride(), *ddelta.stride(),
             **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks,
-                     maxnreg=BACKWARD_MAX_REGISTERS))
+                     **backward_options(_capability(u.device))))
     return (du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), None if D is None else dD.sum(0),
             None if delta_bias is None else dbias.sum(0))
 
