@@ -8,8 +8,12 @@ What is exported, by the config's toolbox:
 
 * mmpretrain: the classifier, image -> class logits;
 * mmseg: the whole segmentor, image -> per-pixel class logits at the input size;
-* mmdet: the backbone and the neck, image -> the FPN maps (detection heads with NMS and
-  RoIAlign are not exported).
+* mmdet: the whole Mask R-CNN, image -> boxes, scores, labels and 28x28 masks
+  (``--paste-masks``: masks pasted into the image), with the model's test-time NMS and
+  RoIAlign as the standard ONNX operators (``quadmamba_mm.deploy.mask_rcnn``; torch's
+  default exporter). ONNX Runtime's detections are matched to mmdet's (box IoU >= 0.99, same
+  label, scores within 1e-4), and the tool exits non-zero if any is unmatched.
+  ``--features-only`` exports the backbone and the neck instead, image -> the FPN maps.
 
 The selective scans are switched to the ``segsum`` backend for the export: the exact
 recurrence in standard ONNX operators (CumSum, Exp, MatMul, ...), no approximation. The
@@ -140,6 +144,42 @@ def median_ms(fn, repeat: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def export_detector(model: nn.Module, inputs: List[torch.Tensor], args) -> int:
+    """The whole Mask R-CNN to ONNX; ONNX Runtime's detections matched to mmdet's."""
+    from quadmamba_mm.deploy.detector_eval import (OrtMaskRCNN, compare_on_images,
+                                                   mmdet_predict)
+    from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
+    if args.dynamic:
+        raise SystemExit('--dynamic: the detector graph takes one image (batch 1)')
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    opset = max(args.opset, 18)  # torch's default exporter writes opset 18 or later
+    export_mask_rcnn(model, inputs[0], args.out, paste_masks=args.paste_masks, opset=opset)
+    height, width = inputs[0].shape[2:]
+    print(f'wrote {args.out} (mmdet Mask R-CNN, inputs image 1x3x{height}x{width} and '
+          f'img_shape, opset {opset})')
+    unmatched = 0
+    for index, report in enumerate(compare_on_images(model, args.out, inputs)):
+        source = args.image[index] if args.image else 'random input'
+        print(f'{source}: {report["other"]} detections in ONNX Runtime, {report["reference"]} '
+              f'in PyTorch, {report["matched"]} matched (smallest box IoU '
+              f'{report["min_iou"]:.5f}, largest score difference {report["max_score_diff"]:.1e}'
+              f', smallest mask IoU {report["min_mask_iou"]:.4f})')
+        unmatched += max(report['reference'], report['other']) - report['matched']
+    x = inputs[0]
+    runtime = OrtMaskRCNN(args.out, threads=torch.get_num_threads())
+    torch_ms = median_ms(lambda: mmdet_predict(model, x), args.repeat)
+    ort_ms = median_ms(lambda: runtime(x, (height, width)), args.repeat)
+    print(f'latency, batch 1, {height}x{width}, {torch.get_num_threads()} threads, median of '
+          f'{args.repeat}: PyTorch eager (mmdet predict) {torch_ms:.1f} ms, ONNX Runtime '
+          f'{ort_ms:.1f} ms ({torch_ms / ort_ms:.2f}x)')
+    if unmatched:
+        print(f'FAILED: {unmatched} detections of ONNX Runtime and PyTorch unmatched',
+              file=sys.stderr)
+        return 1
+    print('OK: ONNX Runtime gives the same detections as PyTorch')
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
@@ -151,6 +191,10 @@ def main(argv=None) -> int:
     parser.add_argument('--opset', type=int, default=17)
     parser.add_argument('--repeat', type=int, default=10, help='latency runs')
     parser.add_argument('--tolerance', type=float, default=1e-4)
+    parser.add_argument('--features-only', action='store_true',
+                        help='mmdet: export the backbone and neck (FPN maps), not the detector')
+    parser.add_argument('--paste-masks', action='store_true',
+                        help='mmdet: masks pasted into the image (N, H, W), not 28x28')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config settings, key=value (mmengine syntax)')
     args = parser.parse_args(argv)
@@ -164,6 +208,8 @@ def main(argv=None) -> int:
     load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
     exported = Exported(model.eval(), toolbox).eval()
     inputs = load_inputs(cfg, args.image, shape)
+    if toolbox == 'mmdet' and not args.features_only:
+        return export_detector(model.eval(), inputs, args)
 
     to_export = exportable(exported)
     with torch.no_grad():
