@@ -35,11 +35,10 @@ def image(seed: int) -> torch.Tensor:
 
 def mmdet_predict(detector, x: torch.Tensor, img_shape=SIZE):
     """mmdet's own inference, in input coordinates (``rescale=False``)."""
-    from mmdet.structures import DetDataSample
-    meta = dict(img_shape=tuple(img_shape), ori_shape=tuple(img_shape), scale_factor=(1., 1.),
-                batch_input_shape=tuple(x.shape[2:]), pad_shape=tuple(x.shape[2:]))
-    with torch.no_grad():
-        return detector.predict(x, [DetDataSample(metainfo=meta)], rescale=False)[0].pred_instances
+    from mmengine.structures import InstanceData
+
+    from quadmamba_mm.deploy.detector_eval import mmdet_predict as predict
+    return InstanceData(**predict(detector, x, img_shape))
 
 
 @pytest.fixture(scope='module')

@@ -21,7 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ['OrtMaskRCNN', 'to_original', 'match_detections', 'evaluate', 'box_iou', 'test_dataset']
+__all__ = [
+    'OrtMaskRCNN', 'to_original', 'match_detections', 'evaluate', 'box_iou', 'test_dataset',
+    'mmdet_predict', 'compare_on_images'
+]
 
 
 class OrtMaskRCNN:
@@ -148,6 +151,40 @@ def test_dataset(cfg):
     from mmengine.registry import DATASETS, init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     return DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
+
+
+def mmdet_predict(model: torch.nn.Module, image: Tensor,
+                  img_shape: Optional[Sequence[int]] = None) -> Dict[str, Tensor]:
+    """mmdet's ``model.predict`` on one preprocessed ``(1, 3, H, W)`` image, in input
+    coordinates (``rescale=False``), as a dict of ``bboxes, scores, labels, masks``."""
+    from mmdet.structures import DetDataSample
+    padded = tuple(image.shape[2:])
+    img_shape = padded if img_shape is None else tuple(int(s) for s in img_shape[:2])
+    meta = dict(img_shape=img_shape, ori_shape=img_shape, scale_factor=(1., 1.),
+                batch_input_shape=padded, pad_shape=padded)
+    with torch.no_grad():
+        pred = model.predict(image, [DetDataSample(metainfo=meta)], rescale=False)[0]
+    return {k: pred.pred_instances[k] for k in ('bboxes', 'scores', 'labels', 'masks')}
+
+
+def compare_on_images(model: torch.nn.Module, onnx_path: str, images: Sequence[Tensor],
+                      min_iou: float = 0.99, score_tol: float = 1e-4) -> List[dict]:
+    """:func:`match_detections` of the ONNX graph against mmdet for each image (no padding:
+    ``img_shape`` is the input size); the mask IoU is taken on masks pasted into the
+    input."""
+    runtime = OrtMaskRCNN(onnx_path)
+    mask_thr = model.roi_head.test_cfg.mask_thr_binary
+    reports = []
+    for image in images:
+        size = tuple(image.shape[2:])
+        outputs = runtime(image, size)
+        if outputs['masks'].dtype == torch.bool:  # exported with paste_masks
+            got = dict(bboxes=outputs['boxes'], scores=outputs['scores'],
+                       labels=outputs['labels'], masks=outputs['masks'])
+        else:
+            got = to_original(outputs, (1., 1.), size, mask_thr)
+        reports.append(match_detections(mmdet_predict(model, image), got, min_iou, score_tol))
+    return reports
 
 
 def _metric(cfg, dataset_meta: dict):

@@ -6,7 +6,7 @@
 inference (``model.predict(..., rescale=False)``) with the settings of the model's
 ``test_cfg``:
 
-* RPN: per level the ``nms_pre`` best anchors (sigmoid objectness), decoded with the RPN's
+* RPN: per level the ``nms_pre`` best anchors (by objectness), decoded with the RPN's
   coder (clipped to the image), boxes of zero width or height dropped (``min_bbox_size``),
   NMS per level as mmdet runs it (one NMS over the boxes shifted apart by level, the offsets
   computed as mmcv's ``batched_nms`` does), the ``max_per_img`` best proposals;
@@ -243,7 +243,11 @@ class MaskRCNNExport(nn.Module):
         for level, (cls_score, bbox_pred) in enumerate(zip(cls_scores, bbox_preds)):
             height, width = cls_score.shape[-2:]
             deltas = bbox_pred[0].permute(1, 2, 0).reshape(-1, 4)
-            score = cls_score[0].permute(1, 2, 0).reshape(-1).sigmoid()
+            # Ranked by logit: the sigmoid is monotonic, so this is mmdet's order, and the
+            # proposals' scores are not used further. ONNX Runtime's Sigmoid is accurate
+            # only in absolute terms (it returns 0 below -18), so ranking its values would
+            # tie all low scores and change which proposals survive NMS.
+            score = cls_score[0].permute(1, 2, 0).reshape(-1)
             anchors = self._anchors(level, height, width, deltas)
             if 0 < nms_pre < score.shape[0]:
                 score, order = _sort_descending(score)
@@ -380,33 +384,34 @@ def export_mask_rcnn(detector: nn.Module,
                      path: str,
                      paste_masks: bool = False,
                      opset: int = 18,
-                     dynamo: bool = True) -> List[str]:
-    """Write ``detector`` (a built mmdet Mask R-CNN) to ``path`` as ONNX: inputs ``image``
-    ``(1, 3, H, W)`` float and ``img_shape`` ``(2,)`` int64; outputs :data:`OUTPUT_NAMES`.
+                     optimize: bool = False) -> List[str]:
+    """Write ``detector`` (a built mmdet Mask R-CNN) to ``path`` as ONNX with torch's default
+    (``torch.export``-based) exporter: inputs ``image`` ``(1, 3, H, W)`` float and
+    ``img_shape`` ``(2,)`` int64; outputs :data:`OUTPUT_NAMES`.
 
     Args:
         detector: the mmdet model; a copy with the exact exportable scan is exported.
         image: an example input; its H and W are fixed in the graph (the backbone's scan
-            orders are built for one map size).
+            orders and unrolled scan are built for one map size).
         path: the ``.onnx`` file to write.
         paste_masks: see :class:`MaskRCNNExport`.
-        opset: ONNX opset, at least 16 (``RoiAlign`` with ``half_pixel``).
-        dynamo: torch's default (``torch.export``-based) exporter; False for the
-            TorchScript one.
+        opset: ONNX opset, at least 18 (the exporter's operator library; RoiAlign with
+            ``half_pixel`` needs 16).
+        optimize: run onnxscript's graph optimizer on the exported graph (constant folding
+            and pattern rewrites; minutes on a 2-core CPU). ONNX Runtime applies its own
+            optimizations when it loads the graph either way.
 
     Returns:
         The output names.
     """
-    if opset < 16:
-        raise ValueError(f'opset {opset} has no RoiAlign with half_pixel coordinates; '
-                         f'expected opset >= 16')
+    if opset < 18:
+        raise ValueError(f'opset {opset}: torch\'s ONNX exporter writes opset 18 or later '
+                         f'(RoiAlign with half_pixel needs 16); expected opset >= 18')
     wrapper = MaskRCNNExport(for_export(detector), paste_masks=paste_masks).eval()
     img_shape = torch.tensor(image.shape[2:], dtype=torch.long)
     names = list(OUTPUT_NAMES)
     with torch.no_grad():
-        kwargs = dict(input_names=['image', 'img_shape'], output_names=names,
-                      opset_version=opset, dynamo=dynamo)
-        if dynamo:
-            kwargs.update(optimize=False, verbose=False)
-        torch.onnx.export(wrapper, (image, img_shape), path, **kwargs)
+        torch.onnx.export(wrapper, (image, img_shape), path, input_names=['image', 'img_shape'],
+                          output_names=names, opset_version=opset, dynamo=True,
+                          optimize=optimize, verbose=False)
     return names
