@@ -22,6 +22,8 @@ from quadmamba_mm.datasets import BadSampleWarning, SkipBadSamples, skip_bad_sam
 from quadmamba_mm.engine import BadDataError, add_training_guards
 from quadmamba_mm.engine.elastic import STOP_RECORD
 
+from tiny import write_tiny_classifier_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,28 +62,8 @@ def test_one_bad_image_in_100_is_skipped_by_tools_train(tmp_path):
     reason, and the epoch summary counts it."""
     paths = class_folders(tmp_path / 'data')
     truncate(paths[37])
-    loader = dict(batch_size=25, num_workers=1, persistent_workers=False,
-                  dataset=dict(type='CustomDataset', data_root=str(tmp_path / 'data'),
-                               pipeline=[dict(type='LoadImageFromFile'),
-                                         dict(type='PackInputs')], _delete_=True),
-                  sampler=dict(type='DefaultSampler', shuffle=False))
-    config = tmp_path / 'tiny_cls.py'
-    config.write_text(f'''
-_base_ = [{str(ROOT / 'configs/quadmamba/quadmamba-li_8xb128_in1k.py')!r}]
-data_preprocessor = dict(num_classes=2)
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, embed_dims=8, depths=(1, 1, 1, 1), ssm_ratio=1.0),
-                  drop_path_rate=0.),
-    head=dict(num_classes=2, in_channels=64),
-    train_cfg=None)
-train_dataloader = {loader!r}
-train_cfg = dict(max_epochs=1)
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-param_scheduler = []
-default_hooks = dict(logger=dict(interval=1))
-''')
+    config = write_tiny_classifier_config(tmp_path / 'tiny_cls.py', tmp_path / 'data',
+                                          batch_size=25, num_workers=1)
     work = tmp_path / 'work'
     result = subprocess.run([sys.executable, 'tools/train.py', str(config), '--work-dir',
                              str(work)], cwd=ROOT, capture_output=True, text=True, timeout=600)

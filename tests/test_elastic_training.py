@@ -15,6 +15,7 @@ from mmengine.config import Config
 
 import quadmamba_mm  # noqa: F401  (allow-lists the Runner's checkpoint types)
 from quadmamba_mm.engine.elastic import STOP_RECORD, restart_count, resume_after_restart
+from tiny import write_tiny_classifier_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,28 +68,10 @@ def tiny_run(tmp_path):
             image = np.clip(base + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
             cv2.imwrite(str(tmp_path / 'data' / label / f'{i}.png'), image)
     (tmp_path / 'kill_hook.py').write_text(KILL_HOOK)
-    loader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                  dataset=dict(type='CustomDataset', data_root=str(tmp_path / 'data'),
-                               pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')],
-                               _delete_=True),
-                  sampler=dict(type='DefaultSampler', shuffle=False))
-    config = tmp_path / 'tiny_cls.py'
-    config.write_text(f'''
-_base_ = [{str(ROOT / 'configs/quadmamba/quadmamba-li_8xb128_in1k.py')!r}]
+    config = write_tiny_classifier_config(
+        tmp_path / 'tiny_cls.py', tmp_path / 'data', max_epochs=3, extra='''
 custom_imports = dict(imports=['quadmamba_mm', 'kill_hook'], allow_failed_imports=False)
 custom_hooks = [dict(type='KillRankOnFirstAttempt', rank=1, iteration=3)]
-data_preprocessor = dict(num_classes=2)
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, embed_dims=8, depths=(1, 1, 1, 1), ssm_ratio=1.0),
-                  drop_path_rate=0.),
-    head=dict(num_classes=2, in_channels=64),
-    train_cfg=None)
-train_dataloader = {loader!r}
-train_cfg = dict(max_epochs=3)
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-param_scheduler = []
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 ''')
     return tmp_path, config

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tiny import write_tiny_classifier_config
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / '.venv' / 'bin' / 'python'
 
@@ -101,28 +103,7 @@ def test_dist_train_uses_the_project_venv(tmp_path):
         for i in range(2):
             image = np.clip(base + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
             cv2.imwrite(str(tmp_path / 'data' / label / f'{i}.png'), image)
-    loader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                  dataset=dict(type='CustomDataset', data_root=str(tmp_path / 'data'),
-                               pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')],
-                               _delete_=True),
-                  sampler=dict(type='DefaultSampler', shuffle=False))
-    config = tmp_path / 'tiny_cls.py'
-    config.write_text(f'''
-_base_ = [{str(ROOT / 'configs/quadmamba/quadmamba-li_8xb128_in1k.py')!r}]
-data_preprocessor = dict(num_classes=2)
-model = dict(
-    backbone=dict(arch=dict(_delete_=True, embed_dims=8, depths=(1, 1, 1, 1), ssm_ratio=1.0),
-                  drop_path_rate=0.),
-    head=dict(num_classes=2, in_channels=64),
-    train_cfg=None)
-train_dataloader = {loader!r}
-train_cfg = dict(max_epochs=1)
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-param_scheduler = []
-default_hooks = dict(logger=dict(interval=1))
-''')
+    config = write_tiny_classifier_config(tmp_path / 'tiny_cls.py', tmp_path / 'data')
     env = bare_env(PORT=free_port())
     result = subprocess.run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
                              str(tmp_path / 'work')], cwd=ROOT, env=env, capture_output=True,
