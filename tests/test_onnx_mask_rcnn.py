@@ -41,11 +41,39 @@ def mmdet_predict(detector, x: torch.Tensor, img_shape=SIZE):
     return InstanceData(**predict(detector, x, img_shape))
 
 
+def class_scores(detector, x: torch.Tensor) -> torch.Tensor:
+    """Every foreground score of the box head on the proposals of ``x``, before the
+    threshold (PyTorch)."""
+    from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
+    wrapper = MaskRCNNExport(detector)
+    with torch.no_grad():
+        feats = detector.extract_feat(x)
+        proposals = wrapper.proposals(feats, torch.tensor(SIZE, dtype=torch.float32))
+        rois = torch.cat([proposals.new_zeros(len(proposals), 1), proposals], dim=1)
+        feats = wrapper.roi_features(detector.roi_head.bbox_roi_extractor, feats, rois)
+        return torch.softmax(detector.roi_head.bbox_head(feats)[0], -1)[:, :-1].flatten()
+
+
+BLANK = torch.zeros(1, 3, *SIZE)  # a blank image: the detector is set to find nothing there
+
+
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
+    """One graph for all ONNX Runtime tests: the score threshold is set in the widest gap
+    between the best score on the blank image and the best scores on images 0 and 2, so
+    those two have detections and the blank image has proposals but no detection, with
+    no score near the threshold."""
     from quadmamba_mm.deploy.detector_eval import OrtMaskRCNN
     from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
     detector = build_demo_detector()
+    found = [class_scores(detector, image(seed)) for seed in (0, 2)]
+    low, high = float(class_scores(detector, BLANK).max()), min(float(s.max()) for s in found)
+    assert low < high, 'the random detector scores the blank image highest'
+    between = torch.cat([s[(s > low) & (s < high)] for s in found])
+    edges = torch.cat([torch.tensor([low, high]), between]).sort().values
+    widest = int(edges.diff().argmax())
+    assert float(edges.diff()[widest]) > 1e-3
+    detector.roi_head.test_cfg.score_thr = float(edges[widest:widest + 2].mean())
     path = tmp_path_factory.mktemp('onnx') / 'mask_rcnn.onnx'
     export_mask_rcnn(detector, image(0), str(path))
     return detector, path, OrtMaskRCNN(str(path))
@@ -87,31 +115,18 @@ def test_onnx_runtime_matches_mmdet(exported):
         torch.testing.assert_close(got['masks'], masks, rtol=0, atol=1e-4)
 
 
-@pytest.fixture(scope='module')
-def exported_without_detections(tmp_path_factory):
-    """A 64x64 graph whose box head keeps no box: a score threshold of 1 (``scores > 1``)."""
-    from quadmamba_mm.deploy.detector_eval import OrtMaskRCNN
-    from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
-    detector = build_demo_detector()
-    detector.roi_head.test_cfg.score_thr = 1.0
-    path = tmp_path_factory.mktemp('onnx') / 'mask_rcnn_64.onnx'
-    export_mask_rcnn(detector, image(0)[..., :64, :64], str(path))
-    return detector, OrtMaskRCNN(str(path))
-
-
 @pytest.mark.slow
-def test_onnx_runtime_without_detections(exported_without_detections):
-    """Proposals but no detection: the box-head NMS, the mask head and its RoIAlign on
-    every FPN level see zero boxes, and ONNX Runtime returns empty outputs, as mmdet does."""
+def test_onnx_runtime_without_detections(exported):
+    """A blank image: proposals but no detection, so the box-head NMS, the mask head and its
+    RoIAlign on every FPN level see zero boxes; ONNX Runtime returns empty outputs, as
+    mmdet returns none."""
     from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
-    detector, runtime = exported_without_detections
-    x = image(4)[..., :64, :64]
+    detector, _, runtime = exported
     with torch.no_grad():
-        wrapper = MaskRCNNExport(detector)
-        proposals = wrapper.proposals(detector.extract_feat(x), torch.tensor([64., 64.]))
-    assert len(proposals) > 0
-    assert len(mmdet_predict(detector, x, (64, 64)).bboxes) == 0
-    got = runtime(x, (64, 64))
+        feats = detector.extract_feat(BLANK)
+        assert len(MaskRCNNExport(detector).proposals(feats, torch.tensor([128., 128.]))) > 0
+    assert len(mmdet_predict(detector, BLANK).bboxes) == 0
+    got = runtime(BLANK, SIZE)
     assert [tuple(v.shape) for v in got.values()] == [(0, 4), (0, ), (0, ), (0, 28, 28)]
 
 
@@ -146,10 +161,11 @@ def test_standard_operators_only(exported):
 
 
 def test_unsupported_detector_is_named():
+    """A setting the graph does not reproduce and a batch of two fail with what they are."""
     from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
     detector = build_demo_detector()
+    with pytest.raises(ValueError, match=r'\(1, 3, H, W\) tensor, got shape \(2, 3, 64, 64\)'):
+        MaskRCNNExport(detector)(torch.zeros(2, 3, 64, 64))
     detector.roi_head.test_cfg.nms = dict(type='soft_nms', iou_threshold=0.5)
     with pytest.raises(ValueError, match='soft_nms'):
         MaskRCNNExport(detector)
-    with pytest.raises(ValueError, match=r'\(1, 3, H, W\)'):
-        MaskRCNNExport(build_demo_detector())(torch.zeros(2, 3, 64, 64))
