@@ -203,9 +203,11 @@ def selective_scan_projected_segsum(x: Tensor,
         if isinstance(orders, Tensor):
             orders = ScanOrders(orders)
         if orders.orders.shape[0] > 1 and order_index is None:
-            raise ValueError(f'{orders.orders.shape[0]} candidate order sets need an order_index '
-                             '(batch,) that picks one per sample')
-        if x.dim() != 3 or orders.orders.shape[1] != directions or x.shape[2] != orders.orders.shape[2]:
+            raise ValueError(f'selective_scan_projected_segsum: {orders.orders.shape[0]} '
+                             'candidate order sets need an order_index (batch,) that picks one '
+                             'per sample')
+        table = orders.orders
+        if x.dim() != 3 or table.shape[1] != directions or x.shape[2] != table.shape[2]:
             raise ValueError('selective_scan_projected_segsum: with orders (G, K, L) = '
                              f'{tuple(orders.orders.shape)}, x is the (batch, D, L) map of the '
                              f'K={directions} directions of x_proj_weight; got x '

@@ -1,0 +1,215 @@
+"""ONNX export of QuadMamba models and ONNX Runtime sessions: what the deployment tool uses.
+
+The model kinds, as ``image -> tensor(s)`` modules (batch-first NCHW float input):
+
+* :class:`ClassifierGraph`: an mmpretrain classifier, image -> class logits;
+* :class:`SegmentorGraph`: an mmseg segmentor, image -> per-pixel class logits at the input
+  size, or the label map (their argmax, as mmseg's ``predict`` takes it);
+* :class:`FeatureGraph`: an mmdet detector's backbone and neck, image -> the FPN maps (the
+  whole Mask R-CNN is :mod:`.mask_rcnn`).
+
+:func:`export_onnx` writes one with either of torch's exporters (the default ``dynamo``, or the
+older ``torchscript``); the selective scans take their exact standard-operator form by
+themselves (:mod:`.mode`). :func:`ort_session` opens the file in ONNX Runtime with the settings
+measured fastest on a CPU, and :func:`non_standard_ops` lists any operator outside the
+standard ONNX domains.
+"""
+import copy
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+EXPORTERS = ('dynamo', 'torchscript')
+STANDARD_DOMAINS = ('', 'ai.onnx')
+SEGMENTOR_OUTPUTS = ('logits', 'labels')
+
+
+class ClassifierGraph(nn.Module):
+    """An mmpretrain ``ImageClassifier``: ``(B, 3, H, W)`` image -> ``(B, classes)`` logits."""
+    output_names = ('logits', )
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.model = classifier
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.model(image, mode='tensor')
+
+
+class SegmentorGraph(nn.Module):
+    """An mmseg ``EncoderDecoder``: ``(B, 3, H, W)`` image -> ``(B, classes, H, W)`` logits
+    (the decode head's output resized to the input as mmseg resizes it) or ``(B, H, W)`` int64
+    labels (their argmax: mmseg's ``predict`` for an image the size of the input).
+
+    Args:
+        segmentor: the built segmentor.
+        output: ``'logits'`` or ``'labels'``.
+    """
+
+    def __init__(self, segmentor: nn.Module, output: str = 'logits') -> None:
+        super().__init__()
+        if output not in SEGMENTOR_OUTPUTS:
+            raise ValueError(f'output must be one of {SEGMENTOR_OUTPUTS}, got {output!r}')
+        self.model, self.output = segmentor, output
+        self.output_names = (output, )
+
+    def forward(self, image: Tensor) -> Tensor:
+        logits = F.interpolate(self.model._forward(image), size=image.shape[2:], mode='bilinear',
+                               align_corners=self.model.align_corners)
+        return logits if self.output == 'logits' else logits.argmax(1)
+
+
+class FeatureGraph(nn.Module):
+    """An mmdet detector's backbone and neck: image -> its feature maps (``feat0``, ...)."""
+
+    def __init__(self, detector: nn.Module, num_outputs: int) -> None:
+        super().__init__()
+        self.model = detector
+        self.output_names = tuple(f'feat{i}' for i in range(num_outputs))
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+        return tuple(self.model.extract_feat(image))
+
+
+class MatrixAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two averaging matmuls over the same windows: the
+    TorchScript exporter refuses output sizes that do not divide the input (UperNet's pyramid
+    pooling: 1, 2, 3 and 6 cells of a 16x16 map at 512x512). torch's default exporter needs
+    no replacement."""
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        size = output_size if isinstance(output_size, (tuple, list)) else (output_size, ) * 2
+        self.output_size = tuple(size)
+
+    @staticmethod
+    def pool_matrix(length: int, cells: int, like: Tensor) -> Tensor:
+        """``(cells, length)``: row i averages ``[floor(i L / c), ceil((i+1) L / c))``."""
+        matrix = torch.zeros(cells, length, dtype=like.dtype, device=like.device)
+        for i in range(cells):
+            start, end = (i * length) // cells, -(-((i + 1) * length) // cells)
+            matrix[i, start:end] = 1.0 / (end - start)
+        return matrix
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        rows = self.pool_matrix(height, self.output_size[0] or height, x)
+        cols = self.pool_matrix(width, self.output_size[1] or width, x)
+        return rows @ x @ cols.t()
+
+
+def with_matrix_pools(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with every ``nn.AdaptiveAvgPool2d`` replaced by the equal
+    :class:`MatrixAdaptiveAvgPool2d` (for the TorchScript exporter)."""
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.AdaptiveAvgPool2d):
+            parent_name, _, attribute = name.rpartition('.')
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, attribute, MatrixAdaptiveAvgPool2d(child.output_size))
+    return module
+
+
+def export_onnx(module: nn.Module,
+                image: Tensor,
+                path: Union[str, Path],
+                exporter: str = 'dynamo',
+                opset: Optional[int] = None,
+                output_names: Optional[Sequence[str]] = None,
+                dynamic_batch: bool = False) -> Path:
+    """Write ``module`` (called on ``image``) to ``path`` as ONNX, input named ``'input'``.
+
+    Args:
+        module: an ``image -> tensor(s)`` module in eval mode (the graphs above, a
+            ``QuadMamba`` backbone...).
+        image: the example input ``(B, 3, H, W)``; H and W are fixed in the graph (the scan
+            orders follow the map size).
+        path: the ``.onnx`` file to write (folders are made).
+        exporter: ``'dynamo'`` (torch's default ``torch.onnx.export``) or ``'torchscript'``
+            (``dynamo=False``, deprecated by torch 2.9 and later).
+        opset: the ONNX opset; None takes the exporter's default.
+        output_names: names of the outputs (default: ``module.output_names`` if it has them).
+        dynamic_batch: make the batch dimension dynamic.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f'exporter must be one of {EXPORTERS}, got {exporter!r}')
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(output_names or getattr(module, 'output_names', None) or [])
+    options = dict(input_names=['input'], output_names=names or None)
+    if opset is not None:
+        options['opset_version'] = opset
+    if dynamic_batch:
+        options['dynamic_axes'] = {name: {0: 'batch'} for name in ['input'] + names}
+    if exporter == 'dynamo':
+        with torch.no_grad():
+            torch.onnx.export(module, (image, ), str(path), dynamo=True, verbose=False,
+                              **options)
+    else:
+        import warnings
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns for every Python-side size check of the models.
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            warnings.simplefilter('ignore', DeprecationWarning)
+            torch.onnx.export(with_matrix_pools(module), (image, ), str(path), dynamo=False,
+                              **options)
+    return path
+
+
+def ort_session(path: Union[str, Path], threads: Optional[int] = None, spinning: bool = False):
+    """An ONNX Runtime CPU session for ``path``.
+
+    Args:
+        threads: intra-op threads (default: ``torch.get_num_threads()``, what PyTorch uses).
+        spinning: let idle pool threads spin-wait for work. Off by default: on a machine
+            shared with other processes, spinning threads take the cores the work needs
+            (measured: 1.8x the latency on the project's busy 2-core machine).
+    """
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
+    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+
+def run_session(session, image: Union[Tensor, np.ndarray]) -> List[np.ndarray]:
+    """All outputs of ``session`` for one input array."""
+    array = image.numpy() if isinstance(image, Tensor) else image
+    return session.run(None, {session.get_inputs()[0].name: array})
+
+
+def non_standard_ops(model) -> Dict[str, List[str]]:
+    """``{domain: [op types]}`` of the nodes outside the standard ONNX domains (empty when
+    every node is a standard operator); ``model`` is an ``onnx.ModelProto`` or a path."""
+    import onnx
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    found: Dict[str, set] = {}
+    for graph in [model.graph] + list(model.functions):  # a local function's call counts too
+        for node in graph.node:
+            if node.domain not in STANDARD_DOMAINS:
+                found.setdefault(node.domain, set()).add(node.op_type)
+    return {domain: sorted(ops) for domain, ops in found.items()}
+
+
+def sample_image(height: int = 240, width: int = 320, seed: int = 0) -> np.ndarray:
+    """A photograph-like 8-bit BGR image (smooth lighting, discs of colour, blur and sensor
+    noise): the default input of the deployment tool, where real image statistics matter
+    more than a random tensor's (a scan sees long runs of similar tokens)."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([120 + 80 * np.sin(xx / 37 + c) * np.cos(yy / 53 - c) for c in range(3)],
+                     -1)
+    for _ in range(12):
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        cv2.circle(image, center, int(rng.integers(8, 60)), colour, -1)
+    image = cv2.GaussianBlur(image, (0, 0), 1.5) + rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
