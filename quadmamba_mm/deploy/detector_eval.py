@@ -33,12 +33,16 @@ class OrtMaskRCNN:
     Args:
         path: the ``.onnx`` file.
         threads: intra-op threads; 0 lets ONNX Runtime choose.
+        spinning: let idle worker threads spin; off by default, because on a machine shared
+            with other processes spinning threads take the cores the work needs.
     """
 
-    def __init__(self, path: str, threads: int = 0) -> None:
+    def __init__(self, path: str, threads: int = 0, spinning: bool = False) -> None:
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry('session.intra_op.allow_spinning',
+                                         '1' if spinning else '0')
         options.log_severity_level = 3  # errors only, not the notes on unfolded constants
         self.session = ort.InferenceSession(str(path), options,
                                             providers=['CPUExecutionProvider'])
