@@ -3,15 +3,20 @@ with ONNX Runtime.
 
     python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT|none --out model.onnx \\
         [--shape H W] [--image IMG ...] [--exporter dynamo|torchscript] [--opset N] \\
-        [--dynamic] [--seg-output logits|labels] [--eval] [--repeat 20] [--threads N] \\
-        [--tolerance 1e-4] [--cfg-options KEY=VALUE ...]
+        [--dynamic] [--seg-output logits|labels] [--eval] [--features-only] [--paste-masks] \\
+        [--repeat 20] [--threads N] [--tolerance 1e-4] [--cfg-options KEY=VALUE ...]
 
 What is exported, by the config's toolbox (one function per model kind, ``MODEL_KINDS``):
 
 * mmpretrain: the classifier, image -> class logits;
 * mmseg: the whole segmentor, image -> per-pixel class logits at the input size, or with
   ``--seg-output labels`` the label map (their argmax);
-* mmdet: the backbone and the neck, image -> the FPN maps.
+* mmdet: the whole Mask R-CNN, image (and ``img_shape``) -> boxes, scores, labels and 28x28
+  masks (``--paste-masks``: pasted into the image), with the model's test-time NMS and
+  RoIAlign as the standard ONNX operators (:mod:`quadmamba_mm.deploy.mask_rcnn`, torch's
+  default exporter). ONNX Runtime's detections are matched to mmdet's (box IoU >= 0.99, same
+  label, scores within 1e-4), and the tool exits 1 if one is unmatched. ``--features-only``
+  exports the backbone and the neck instead, image -> the FPN maps.
 
 ``CHECKPOINT`` is a checkpoint file or ``none`` (the model's own random initialisation, seeded:
 to try the export without weights). The export uses torch's default exporter (``dynamo``) or
@@ -101,6 +106,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--eval', action='store_true',
                         help="segmentors: mIoU of PyTorch and ONNX Runtime on the config's "
                         'test set')
+    parser.add_argument('--features-only', action='store_true',
+                        help='detectors: the backbone and neck (FPN maps), not the whole model')
+    parser.add_argument('--paste-masks', action='store_true',
+                        help='detectors: masks pasted into the image (N, H, W), not 28x28')
     parser.add_argument('--repeat', type=int, default=20, help='timed runs of each runtime')
     parser.add_argument('--threads', type=int, default=None,
                         help='threads of both runtimes (default: torch.get_num_threads())')
@@ -238,6 +247,51 @@ def evaluate_segmentation(cfg: Config, graph: nn.Module, session,
               + ', '.join(f'{c} {100 * float(v):.2f}' for c, v in zip(classes, iou)) + ')')
 
 
+def export_detector(model: nn.Module, inputs: List[Tuple[str, torch.Tensor]],
+                    args: argparse.Namespace) -> int:
+    """The whole Mask R-CNN to ONNX; ONNX Runtime's detections matched to mmdet's."""
+    from quadmamba_mm.deploy.detector_eval import (OrtMaskRCNN, compare_on_images,
+                                                   mmdet_predict)
+    from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
+    if args.dynamic or args.exporter != 'dynamo':
+        raise SystemExit('the whole detector is exported by the dynamo exporter for one image '
+                         '(no --dynamic, no --exporter torchscript); --features-only exports '
+                         'the FPN maps')
+    x = inputs[0][1]
+    height, width = x.shape[2:]
+    start = time.perf_counter()
+    export_mask_rcnn(model, x, args.out, paste_masks=args.paste_masks, opset=args.opset or 18)
+    import onnx
+    opset = next(o.version for o in onnx.load(args.out, load_external_data=False).opset_import
+                 if o.domain in ('', 'ai.onnx'))
+    print(f'wrote {args.out} (mmdet Mask R-CNN, inputs image 1x3x{height}x{width} and '
+          f'img_shape, opset {opset}, {time.perf_counter() - start:.0f} s)')
+    outside = non_standard_ops(args.out)
+    if outside:
+        print(f'FAILED: operators outside the standard ONNX domains: {outside}', file=sys.stderr)
+        return 1
+    unmatched = 0
+    for (source, _), report in zip(inputs, compare_on_images(model, args.out,
+                                                             [image for _, image in inputs])):
+        print(f'{source}: {report["other"]} detections in ONNX Runtime, {report["reference"]} '
+              f'in PyTorch, {report["matched"]} matched (smallest box IoU {report["min_iou"]:.6f}'
+              f', largest score difference {report["max_score_diff"]:.1e}, smallest mask IoU '
+              f'{report["min_mask_iou"]:.4f})')
+        unmatched += max(report['reference'], report['other']) - report['matched']
+    spinning = os.environ.get('OMP_WAIT_POLICY', '').upper() == 'ACTIVE'
+    runtime = OrtMaskRCNN(args.out, threads=torch.get_num_threads(), spinning=spinning)
+    torch_ms, ort_ms = interleaved_ms(
+        [lambda: mmdet_predict(model, x), lambda: runtime(x, (height, width))], args.repeat)
+    print(f'latency, batch 1, {height}x{width}, median of {args.repeat} alternate runs '
+          f'({machine()}; PyTorch: mmdet predict): {latency_line(torch_ms, ort_ms)}')
+    if unmatched:
+        print(f'FAILED: {unmatched} detections of ONNX Runtime and PyTorch unmatched',
+              file=sys.stderr)
+        return 1
+    print('OK: ONNX Runtime gives the same detections as PyTorch')
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -251,6 +305,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = load_model(cfg, args.checkpoint)
     graph = MODEL_KINDS[toolbox](model, cfg, args).eval()
     inputs = load_inputs(cfg, args.image, shape)
+    if toolbox == 'mmdet' and not args.features_only:
+        return export_detector(model, inputs, args)
 
     start = time.perf_counter()
     export_onnx(graph, inputs[0][1], args.out, args.exporter, args.opset,
