@@ -46,7 +46,6 @@ width before padding) bounds them, as mmdet's ``img_shape`` does. Dividing them 
 pipeline's ``scale_factor`` and pasting masks at the original size, as mmdet does with
 ``rescale=True``, is left to the caller (:mod:`quadmamba_mm.deploy.detector_eval`).
 """
-import copy
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -428,17 +427,6 @@ class MaskRCNNExport(nn.Module):
         return boxes, scores, labels, masks
 
 
-def for_export(detector: nn.Module, scan_backend: str = 'segsum') -> nn.Module:
-    """A copy of ``detector`` in eval mode with its selective scans on ``scan_backend``
-    (``'segsum'``: the exact scan in standard operators)."""
-    from ..models import SelectiveScan
-    detector = copy.deepcopy(detector).eval()
-    for module in detector.modules():
-        if isinstance(module, SelectiveScan):
-            module.backend = scan_backend
-    return detector
-
-
 def export_mask_rcnn(detector: nn.Module,
                      image: Tensor,
                      path: str,
@@ -450,7 +438,9 @@ def export_mask_rcnn(detector: nn.Module,
     ``img_shape`` ``(2,)`` int64; outputs :data:`OUTPUT_NAMES`.
 
     Args:
-        detector: the mmdet model; a copy with the exact exportable scan is exported.
+        detector: the mmdet model, in eval mode. Its selective scans take their exact
+            standard-operator form inside the export by themselves
+            (:mod:`quadmamba_mm.deploy.mode`).
         image: an example input; its H and W are fixed in the graph (the backbone's scan
             orders and unrolled scan are built for one map size).
         path: the ``.onnx`` file to write.
@@ -467,7 +457,7 @@ def export_mask_rcnn(detector: nn.Module,
     if opset < 18:
         raise ValueError(f'opset {opset}: torch\'s ONNX exporter writes opset 18 or later '
                          f'(RoiAlign with half_pixel needs 16); expected opset >= 18')
-    wrapper = MaskRCNNExport(for_export(detector), paste_masks=paste_masks).eval()
+    wrapper = MaskRCNNExport(detector.eval(), paste_masks=paste_masks).eval()
     img_shape = torch.tensor(image.shape[2:], dtype=torch.long)
     names = list(OUTPUT_NAMES)
     with torch.no_grad():
