@@ -1,7 +1,7 @@
 """Mask R-CNN in ONNX Runtime against PyTorch: matched detections and COCO mAP.
 
     python -m quadmamba_mm.deploy.detector_eval CONFIG CHECKPOINT --onnx model.onnx \\
-        [--max-images N] [--out report.json] [--cfg-options KEY=VALUE ...]
+        [--max-images N] [--out report.json] [--images IMG ...] [--cfg-options KEY=VALUE ...]
 
 Runs the config's test set image by image (batch 1) through mmdet's ``model.predict`` (the
 model as users run it) and through the exported graph in ONNX Runtime, whose outputs are
@@ -10,12 +10,14 @@ the pipeline's ``scale_factor``, masks pasted at ``ori_shape`` by mmdet's ``_do_
 and thresholded at ``mask_thr_binary``). Both go to an mmdet ``CocoMetric`` each; the
 report holds both metric sets and how the detections match (:func:`match_detections`).
 The ONNX graph's input size is fixed, so every test image must be preprocessed to that
-size (the shapes demo: 128x128).
+size (the shapes demo: 128x128). ``--images`` compares on other images instead: each is
+fitted into the graph's input with its aspect ratio kept and padded (:func:`letterbox`),
+and mmdet and ONNX Runtime are told the resized size as ``img_shape``.
 """
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from torch import Tensor
 
 __all__ = [
     'OrtMaskRCNN', 'to_original', 'match_detections', 'evaluate', 'box_iou', 'test_dataset',
-    'mmdet_predict', 'compare_on_images'
+    'mmdet_predict', 'compare_on_images', 'letterbox'
 ]
 
 
@@ -171,23 +173,51 @@ def mmdet_predict(model: torch.nn.Module, image: Tensor,
     return {k: pred.pred_instances[k] for k in ('bboxes', 'scores', 'labels', 'masks')}
 
 
+def letterbox(cfg, image: np.ndarray, size: Sequence[int]) -> Tuple[Tensor, Tuple[int, int]]:
+    """An 8-bit BGR image as mmdet's test pipeline and data preprocessor give it to a graph of
+    input ``size``: resized to fit with its aspect ratio kept (mmcv's rounding, bilinear),
+    RGB if the preprocessor asks, normalised, zero-padded at the bottom and right.
+
+    Returns:
+        The ``(1, 3, H, W)`` input and the resized image's ``(height, width)`` in it.
+    """
+    import cv2
+    pre = dict(cfg.model.get('data_preprocessor') or {})
+    mean = np.array(pre.get('mean', [0., 0., 0.]), np.float32)
+    std = np.array(pre.get('std', [1., 1., 1.]), np.float32)
+    if pre.get('bgr_to_rgb', pre.get('to_rgb', False)):
+        image = image[..., ::-1]
+    height, width = image.shape[:2]
+    scale = min(size[0] / height, size[1] / width)
+    resized = (int(height * scale + 0.5), int(width * scale + 0.5))
+    image = cv2.resize(np.ascontiguousarray(image), (resized[1], resized[0]),
+                       interpolation=cv2.INTER_LINEAR)
+    padded = np.zeros((3, size[0], size[1]), np.float32)
+    padded[:, :resized[0], :resized[1]] = ((image.astype(np.float32) - mean) / std).transpose(
+        2, 0, 1)
+    return torch.from_numpy(padded)[None], resized
+
+
 def compare_on_images(model: torch.nn.Module, onnx_path: str, images: Sequence[Tensor],
+                      img_shapes: Optional[Sequence[Sequence[int]]] = None,
                       min_iou: float = 0.99, score_tol: float = 1e-4) -> List[dict]:
-    """:func:`match_detections` of the ONNX graph against mmdet for each image (no padding:
-    ``img_shape`` is the input size); the mask IoU is taken on masks pasted into the
-    input."""
+    """:func:`match_detections` of the ONNX graph against mmdet for each preprocessed image;
+    ``img_shapes`` give each image's size inside its padding (default: no padding). The mask
+    IoU is taken on masks pasted into that image."""
     runtime = OrtMaskRCNN(onnx_path)
     mask_thr = model.roi_head.test_cfg.mask_thr_binary
     reports = []
-    for image in images:
-        size = tuple(image.shape[2:])
+    for index, image in enumerate(images):
+        size = tuple(image.shape[2:]) if img_shapes is None else tuple(img_shapes[index][:2])
         outputs = runtime(image, size)
         if outputs['masks'].dtype == torch.bool:  # exported with paste_masks
             got = dict(bboxes=outputs['boxes'], scores=outputs['scores'],
-                       labels=outputs['labels'], masks=outputs['masks'])
+                       labels=outputs['labels'],
+                       masks=outputs['masks'][:, :size[0], :size[1]])
         else:
             got = to_original(outputs, (1., 1.), size, mask_thr)
-        reports.append(match_detections(mmdet_predict(model, image), got, min_iou, score_tol))
+        reports.append(match_detections(mmdet_predict(model, image, size), got, min_iou,
+                                        score_tol))
     return reports
 
 
@@ -267,6 +297,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('--onnx', required=True, help='the exported Mask R-CNN')
+    parser.add_argument('--images', nargs='+', default=None,
+                        help="compare on these images (fitted into the graph's input with their "
+                             "aspect ratio kept, padded) instead of the config's test set")
     parser.add_argument('--max-images', type=int, default=None)
     parser.add_argument('--out', default=None, help='write the report as JSON')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={})
@@ -276,16 +309,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = build_model(cfg)
     check_checkpoint(args.checkpoint)
     load_checkpoint(model, args.checkpoint, map_location='cpu', strict=True)
-    report = evaluate(cfg, model.eval(), args.onnx, args.max_images)
-    summary = {k: v for k, v in report.items() if k != 'per_image'}
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=2)
-    det = report['detections']
-    ok = (det['matched'] == det['reference'] == det['other']
-          and all(abs(v) <= 0.002 for v in report['map_difference'].values()))
-    print('OK: ONNX Runtime gives the same detections and mAP' if ok else
+    model.eval()
+    if args.images:
+        from quadmamba_mm.runtime.images import UnreadableImage, read_image
+        size = OrtMaskRCNN(args.onnx).input_hw
+        inputs = []
+        for path in args.images:
+            try:
+                inputs.append(letterbox(cfg, read_image(path), size))
+            except UnreadableImage as error:
+                raise SystemExit(f'cannot use image {path}: {error}')
+        reports = compare_on_images(model, args.onnx, [x for x, _ in inputs],
+                                    [hw for _, hw in inputs])
+        for path, (_, hw), report in zip(args.images, inputs, reports):
+            print(f'{path} ({hw[0]}x{hw[1]} in {size[0]}x{size[1]}): {json.dumps(report)}')
+        ok = all(r['matched'] == r['reference'] == r['other'] for r in reports)
+    else:
+        report = evaluate(cfg, model, args.onnx, args.max_images)
+        print(json.dumps({k: v for k, v in report.items() if k != 'per_image'}, indent=2))
+        if args.out:
+            with open(args.out, 'w') as f:
+                json.dump(report, f, indent=2)
+        det = report['detections']
+        ok = (det['matched'] == det['reference'] == det['other']
+              and all(abs(v) <= 0.002 for v in report['map_difference'].values()))
+    print('OK: ONNX Runtime gives the same detections as PyTorch' if ok else
           'FAILED: ONNX Runtime differs from PyTorch (see above)')
     return 0 if ok else 1
 
