@@ -2,8 +2,8 @@
 
 The recurrence ``h_t = a_t h_{t-1} + b_t`` (``a_t = exp(dA_t)``) is solved in blocks of ``T``
 consecutive steps (``T`` from :data:`BLOCK_LENGTHS`, one that divides the length where one
-does). The sequence is held *step-major*: step ``t`` of every block is one slice ``(..., 1,
-M, ...)``, so the ``T`` steps run as written, one multiply-add each over all ``M`` blocks of
+does). The sequence is held *step-major*, ``(T, ...)`` with step ``t`` of every block at
+index ``t``, so the ``T`` steps run as written, one multiply-add each over all ``M`` blocks of
 all channels at once. The state entering each block follows from the same recurrence one
 level up (the block-end states with the blocks' total decays ``exp(sum dA)``), applied
 recursively; then the steps run once more from those states. So the whole scan is ``O(L)``
@@ -12,19 +12,26 @@ step's ``dA`` or of an exact sum of them (all exponents ``<= 0`` when ``delta * 
 with softplus and ``A < 0``), nothing overflows or underflows that the exact result does
 not, and nothing is clamped or approximated.
 
+Each pass over the steps of a block is one ``torch.scan`` under ``torch.export``, which torch's
+default ONNX exporter turns into one standard ONNX ``Scan`` node (its body the work of one
+step, on slices that stay in the cache); elsewhere (eager, ``torch.compile``, the TorchScript
+exporter) the steps are unrolled.
+
 :func:`selective_scan_projected_segsum` is the whole SS2D scan core in this form, the one
-exported to ONNX: the map's tokens are gathered straight into the step-major layout (one
-row gather per step; padding steps read a zero token), the input projection is applied on
-the map before the gather (``D`` channels in, ``K * (R + 2N)`` out) and ``dt_proj`` per step
-as one matmul with the bias folded in; the outputs go back to map order with one row gather
-per direction. The graph has standard operators only (MatMul, Gather, Exp, Log, Mul, Add,
-Min, Max, Split, Concat, Reshape, Transpose) with shapes fixed by the map size.
+exported to ONNX: the map's tokens are gathered straight into the step-major layout (row
+gathers; padding steps read a zero token), the input projection is applied on the map before
+the gather (``D`` channels in, ``K * (R + 2N)`` out) and ``dt_proj`` as one matmul with the
+bias folded in; the first pass over a block computes delta, the decays and the inputs of a
+step and the block ends, the second the states and ``C h``; the outputs go back to map order
+with one row gather per direction. The graph has standard operators only (Scan, MatMul,
+Gather, Exp, Log, Mul, Add, Min, Max, Concat, Reshape, Transpose) with shapes fixed by the
+map size.
 
 :func:`selective_scan_segsum` has the mamba signature (backend ``'segsum'`` of
 :func:`~.interface.selective_scan`) and is differentiable by autograd. On CPUs in eager mode
 the C and chunked backends are faster.
 """
-from typing import List, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +41,12 @@ from .chunked import discretize
 from .map_order import ScanOrders
 
 # Block lengths tried in turn: the first that divides the length (into two or more blocks)
-# is taken, so that no padding step is needed; 8 with padding otherwise. The length hardly
-# changes the arithmetic (one multiply-add per step and level); a short block keeps the
-# graph small (about 4 nodes per step of a block).
-BLOCK_LENGTHS = (8, 7, 6, 5, 4)
-# Up to this many steps the recurrence is unrolled as it is, without blocks.
-SEQUENTIAL_MAX = 16
+# is taken, so that no padding step is needed; 32 with padding otherwise. Each pass over a
+# block's steps is one ONNX Scan node (an unrolled loop with the TorchScript exporter): long
+# blocks mean few levels, and slices of a step small enough to stay in the cache.
+BLOCK_LENGTHS = (32, 28, 24, 16, 14, 12, 8, 7)
+# Up to this many steps the recurrence runs as it is, without blocks.
+SEQUENTIAL_MAX = 32
 # Above this, exp(z) could overflow fp32; log(1 + e^z) rounds to z from z = 17 on.
 _SOFTPLUS_LINEAR = 17.0
 
@@ -64,66 +71,87 @@ def softplus(z: Tensor) -> Tensor:
     return torch.minimum(torch.log(torch.exp(z) + 1), linear)
 
 
-def _steps(t: Tensor, dim: int) -> List[Tensor]:
-    """The slices of ``t`` along ``dim``, each keeping the dimension (one Split node)."""
-    return list(torch.split(t, 1, dim))
+Carry = Tuple[Tensor, ...]
+
+
+def _scan(step: Callable[[Carry, Carry], Tuple[Carry, Carry]], carry: Carry,
+          xs: Carry) -> Tuple[Carry, Carry]:
+    """``carry, y_t = step(carry, x_t)`` over the leading dimension of the tensors ``xs``:
+    the last carry and the stacked outputs.
+
+    Under ``torch.export`` (which torch's default ONNX exporter runs) this is one
+    ``torch.scan``: one ONNX ``Scan`` node whose body is ``step``, reading each step in place
+    and writing the outputs into one tensor; the body's slices of a step stay in the cache.
+    Elsewhere (eager, ``torch.compile``, the TorchScript exporter) the steps are unrolled.
+    ``step`` must not return its inputs as outputs (the scan forbids aliases).
+    """
+    if torch.compiler.is_exporting():
+        from torch._higher_order_ops.scan import scan
+
+        def body(carry_list, x_list):
+            new_carry, out = step(tuple(carry_list), tuple(x_list))
+            return list(new_carry), list(out)
+
+        # The scan wants contiguous initial carries, as the carries it makes.
+        last, out = scan(body, [c.contiguous() for c in carry], list(xs))
+        return tuple(last), tuple(out)
+    outs = []
+    for x_t in zip(*(x.unbind(0) for x in xs)):
+        carry, out = step(carry, x_t)
+        outs.append(out)
+    return carry, tuple(torch.stack(o) for o in zip(*outs))
+
+
+def _recurrence_step(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
+    h = x[0] * carry[0] + x[1]
+    return (h, ), (h.clone(), )  # clone: no alias between carry and output
+
+
+def _end_step(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
+    return (x[0] * carry[0] + x[1], ), ()
 
 
 def _entering(ends: Tensor, dim: int) -> Tensor:
-    """The state entering each block from the true states at block ends: zero, then the
-    end of the previous block."""
+    """The state entering each block, from the true states at block ends along ``dim``: zero,
+    then the end of the block before."""
     blocks = ends.shape[dim]
     return torch.cat([torch.zeros_like(ends.narrow(dim, 0, 1)), ends.narrow(dim, 0, blocks - 1)],
                      dim)
 
 
-def _run_steps(a: List[Tensor], b: List[Tensor], h: Optional[Tensor]) -> List[Tensor]:
-    """``h_t = a_t h_{t-1} + b_t`` over the given steps from ``h`` (None: from zero)."""
-    states = []
-    for a_t, b_t in zip(a, b):
-        h = b_t if h is None else a_t * h + b_t
-        states.append(h)
-    return states
-
-
-def _block_states(a: List[Tensor], b: List[Tensor], block_log_decay: Tensor,
-                  dim: int) -> List[Tensor]:
-    """All states of a step-major blocked sequence.
-
-    Args:
-        a, b: per step ``t``, the decays and inputs of step ``t`` of every block, blocks along
-            ``dim``.
-        block_log_decay: ``sum_t dA_t`` of every block (the shape of a step).
-        dim: the dimension of the blocks.
-    """
-    zero_start = _run_steps(a, b, None)  # each block started from zero
-    if zero_start[-1].shape[dim] == 1:
-        return zero_start
-    ends = linear_recurrence(block_log_decay, zero_start[-1], dim)  # true states at block ends
-    return _run_steps(a, b, _entering(ends, dim))
+def _blocked_states(dA: Tensor, b: Tensor, dim: int) -> Tensor:
+    """All states of a step-major blocked sequence: ``dA`` and ``b`` are ``(T, ...)`` with
+    step ``t`` of every block at index ``t``, the blocks along ``dim`` of a step."""
+    a = dA.exp()
+    zero = b.new_zeros(b.shape[1:])
+    if b.shape[dim + 1] == 1:
+        return _scan(_recurrence_step, (zero, ), (a, b))[1][0]
+    (zero_start, ), _ = _scan(_end_step, (zero, ), (a, b))  # block ends, each from zero
+    # The true states at block ends: the same recurrence over blocks, with the blocks' total
+    # decays; then the state entering each block is the end of the one before.
+    ends = linear_recurrence(dA.sum(0), zero_start, dim)
+    return _scan(_recurrence_step, (_entering(ends, dim), ), (a, b))[1][0]
 
 
 def linear_recurrence(dA: Tensor, b: Tensor, dim: int = -1) -> Tensor:
     """``h_t = exp(dA_t) * h_{t-1} + b_t`` along ``dim``, from ``h_{-1} = 0``: all states."""
     dim = dim % dA.dim()
     length = int(dA.shape[dim])  # static (a tracer's size is a tensor)
+    dA, b = dA.movedim(dim, 0), b.movedim(dim, 0)
     if length <= SEQUENTIAL_MAX:
-        return torch.cat(_run_steps(_steps(dA.exp(), dim), _steps(b, dim), None), dim)
+        return _scan(_recurrence_step, (b.new_zeros(b.shape[1:]), ), (dA.exp(), b))[1][0].movedim(
+            0, dim)
     block = block_length(length)
     blocks = -(-length // block)
     pad = blocks * block - length
     if pad:  # padding steps have dA = 0 and b = 0: they come last and change nothing before
-        padding = [0, 0] * (dA.dim() - 1 - dim) + [0, pad]
-        dA, b = F.pad(dA, padding), F.pad(b, padding)
-    blocked = dA.shape[:dim] + (blocks, block) + dA.shape[dim + 1:]
-    # step-major: (..., block, blocks, ...), step t of every block one slice along dim
-    dA = dA.reshape(blocked).transpose(dim, dim + 1)
-    b = b.reshape(blocked).transpose(dim, dim + 1)
-    states = _block_states(_steps(dA.exp(), dim), _steps(b, dim), dA.sum(dim, keepdim=True),
-                           dim + 1)
-    h = torch.cat(states, dim).transpose(dim, dim + 1).reshape(
-        dA.shape[:dim] + (blocks * block, ) + dA.shape[dim + 2:])
-    return h.narrow(dim, 0, length) if pad else h
+        dA = torch.cat([dA, dA.new_zeros((pad, ) + dA.shape[1:])])
+        b = torch.cat([b, b.new_zeros((pad, ) + b.shape[1:])])
+    # step-major (T, M, ...): step t of every block at index t
+    dA = dA.reshape((blocks, block) + dA.shape[1:]).transpose(0, 1)
+    b = b.reshape((blocks, block) + b.shape[1:]).transpose(0, 1)
+    h = _blocked_states(dA, b, 0).transpose(0, 1).reshape((blocks * block, ) + b.shape[2:])
+    return (h[:length] if pad else h).movedim(0, dim)
 
 
 def selective_scan_segsum(u: Tensor,
@@ -153,6 +181,59 @@ def selective_scan_segsum(u: Tensor,
     return y
 
 
+def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
+    """The scan outputs ``(T, B, K, M, D)`` of step-major blocks (blocks along M) from the
+    pre-activation ``z`` of delta and the tokens ``u`` (``(T, B, K, M, D)``), ``B`` and ``C``
+    (``(T, B, K, M, N)``) and ``A`` ``(K, D, N)``.
+
+    Each pass over the T steps is one :func:`_scan` whose step does all the elementwise work
+    of one step: delta, the decay and the input in the first pass (which also sums the
+    blocks' log decays and gives the block ends), the state update and its output ``C h`` in
+    the second. The broadcast dimensions of size 1 are made inside the steps: a traced scan
+    may take a size-1 dimension of its inputs as a symbolic size (the ONNX exporter traces
+    with size-oblivious sizes), which then does not broadcast.
+    """
+    n_state = A.shape[-1]
+    single = n_state == 1  # no state axis: the state is (B, K, M, D), else (B, K, M, N, D)
+    A = A[..., 0] if single else A.transpose(1, 2)  # (K, D) or (K, N, D)
+    if single:
+        B, C = B[..., 0], C[..., 0]  # (T, B, K, M)
+
+    def decay_and_input(z_t: Tensor, u_t: Tensor, B_t: Tensor) -> Carry:
+        delta = softplus(z_t)
+        if not single:
+            delta, u_t = delta[..., None, :], u_t[..., None, :]
+        dA = delta * A[:, None]
+        return dA, dA.exp(), delta * u_t * B_t[..., None]
+
+    def output(h: Tensor, C_t: Tensor) -> Tensor:
+        return h * C_t[..., None] if single else (h * C_t[..., None]).sum(-2)
+
+    state = z.shape[1:] if single else z.shape[1:-1] + (n_state, z.shape[-1])
+    zero = z.new_zeros(state)  # (a carry of its own each: the scan forbids aliased inputs)
+    if z.shape[3] == 1:  # one block: one pass
+
+        def single_pass(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
+            _, a, b = decay_and_input(*x[:3])
+            h = a * carry[0] + b
+            return (h, ), (output(h, x[3]), )
+
+        return _scan(single_pass, (zero, ), (z, u, B, C))[1][0]
+
+    def first(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
+        dA, a, b = decay_and_input(*x)
+        return (a * carry[0] + b, carry[1] + dA), (a, b)
+
+    def second(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
+        h = x[0] * carry[0] + x[1]
+        return (h, ), (output(h, x[2]), )
+
+    # Block ends from zero and the blocks' log decays; the true ends one level up.
+    (zero_start, block_log_decay), (a, b) = _scan(first, (zero, z.new_zeros(state)), (z, u, B))
+    ends = linear_recurrence(block_log_decay, zero_start, 2)
+    return _scan(second, (_entering(ends, 2), ), (a, b, C))[1][0]
+
+
 def _step_major(index: Tensor, block: int, fill: int) -> Tensor:
     """``(..., L)`` sequence positions -> ``(..., T, M)``: entry ``[t, m]`` is the position
     of step ``m * T + t``, ``fill`` for the padding steps after the last."""
@@ -161,12 +242,6 @@ def _step_major(index: Tensor, block: int, fill: int) -> Tensor:
     if blocks * block > length:
         index = F.pad(index, (0, blocks * block - length), value=fill)
     return index.unflatten(-1, (blocks, block)).transpose(-1, -2)
-
-
-def _steps_position(inverses: Tensor, block: int) -> Tensor:
-    """``(..., L)`` step of each position -> its row in the step-major ``(T, M)`` layout."""
-    blocks = -(-int(inverses.shape[-1]) // block)
-    return (inverses % block) * blocks + inverses // block
 
 
 def selective_scan_projected_segsum(x: Tensor,
@@ -230,7 +305,7 @@ def selective_scan_projected_segsum(x: Tensor,
         # Step-major token index of every direction: (G, K, T, M); step t of block m of
         # direction k reads token index[g, k, t, m].
         index = _step_major(orders.orders, block, length)
-        back = _steps_position(orders.inverses, block)  # (G, K, L)
+        back = orders.inverses  # (G, K, L): the step of each position
         x_dbl_rows_per_sample = rows_per_sample * directions
         if order_index is not None:
             index, back = index[order_index], back[order_index]
@@ -252,42 +327,28 @@ def selective_scan_projected_segsum(x: Tensor,
         index = _step_major(steps, block, directions * length)[None]
         x_dbl_index = index
         x_dbl_rows_per_sample = rows_per_sample
-        back = _steps_position(torch.arange(length).expand(directions, length), block)[None]
-    # Row of step l of direction k in the (B, K, T, M) outputs.
-    back = back + (torch.arange(directions) * (block * blocks))[:, None]
+        back = torch.arange(length).expand(1, directions, length)
     # The rows of sample b follow those of the samples before (no branch on the batch size:
-    # it may be dynamic).
+    # it may be dynamic); the steps lead: (T, B, K, M), step t of block m of direction k.
     samples = torch.arange(batch).view(-1, 1, 1, 1)
-    index = index + samples * rows_per_sample
-    x_dbl_index = x_dbl_index + samples * x_dbl_rows_per_sample
-    back = back + samples[..., 0] * (directions * block * blocks)
+    index = (index + samples * rows_per_sample).permute(2, 0, 1, 3)
+    x_dbl_index = (x_dbl_index + samples * x_dbl_rows_per_sample).permute(2, 0, 1, 3)
+    # Row of the output of (step t, sample b, direction k, block m), for each map position.
+    step, block_of = back % block, back // block
+    back = ((step * batch + samples[..., 0]) * directions
+            + torch.arange(directions)[:, None]) * blocks + block_of
 
-    # (B, K, T, M, *) for every step: the gathered x_dbl, split into dt, B and C.
-    # Row gathers as embedding lookups: one Gather node, its output already in shape.
+    # (T, B, K, M, *): the gathered x_dbl, split into dt, B and C. Row gathers as embedding
+    # lookups: one Gather node each, its output already in shape.
     x_dbl = F.embedding(x_dbl_index, x_dbl_rows)
     dts, Bs, Cs = torch.split(x_dbl, [dt_rank, n_state, n_state], -1)
     # dt_proj with the bias folded in as one more input channel of constant 1.
     dt_weight = torch.cat([dt_proj_weight.float().transpose(1, 2),
                            dt_bias.float().reshape(directions, 1, dim)], 1)
     dts = torch.cat([dts, torch.ones_like(dts[..., :1])], -1)
-    single = n_state == 1  # N = 1: no state axis at all
-    if single:
-        A_steps = A.float().view(directions, 1, 1, dim)
-    else:
-        A_steps = A.float().view(directions, dim, n_state).transpose(1, 2)[:, None, None]
-    # The elementwise work on whole (B, K, T, M, D) tensors (few, large nodes), then the
-    # recurrence over the T steps of every block.
     u = F.embedding(index, rows)
-    delta = softplus(torch.matmul(dts.flatten(2, 3), dt_weight).view(
-        -1, directions, block, blocks, dim))
-    if not single:  # state axis before the channels: (B, K, T, M, N, D)
-        delta, u, Bs, Cs = delta[..., None, :], u[..., None, :], Bs[..., None], Cs[..., None]
-    dA = delta * A_steps
-    states = _block_states(_steps(dA.exp(), 2), _steps(delta * u * Bs, 2),
-                           dA.sum(2, keepdim=True), 3)
-    y = torch.cat(states, 2) * Cs
-    if not single:
-        y = y.sum(-2)
+    z = torch.matmul(dts, dt_weight)  # (T, B, K, M, D)
+    y = _map_scan(z, u, Bs, Cs, A.float().view(directions, dim, n_state))
     y = y.reshape(-1, dim)
 
     if orders is not None:  # back to map order, the K directions summed, plus D * x

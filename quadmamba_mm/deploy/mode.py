@@ -28,7 +28,17 @@ _STATE = threading.local()
 def is_export_mode() -> bool:
     """Whether the selective scans run in their standard-operator form now: inside
     :func:`export_mode` or while ``torch.onnx.export`` traces the model."""
-    return getattr(_STATE, 'enabled', False) or torch.onnx.is_in_onnx_export()
+    return getattr(_STATE, 'enabled', False) or torch.onnx.is_in_onnx_export() or _onnx_exporting()
+
+
+def _onnx_exporting() -> bool:
+    """The dynamo exporter's own flag, read as a module attribute: when the exporter falls back
+    to a strict ``torch.export`` (a dynamo trace), dynamo takes
+    ``torch.onnx.is_in_onnx_export()`` as the constant False, but reads (and guards on) a
+    module attribute as it is."""
+    flags = getattr(getattr(getattr(torch.onnx, '_internal', None), 'exporter', None), '_flags',
+                    None)
+    return bool(getattr(flags, '_is_onnx_exporting', False))
 
 
 @contextmanager
