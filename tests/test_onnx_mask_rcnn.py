@@ -1,5 +1,6 @@
 """The whole Mask R-CNN (QuadMamba backbone, FPN, RPN, RoI heads) exported to ONNX with
 standard operators: ONNX Runtime gives mmdet's detections, with no detection too."""
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,15 @@ BLANK = torch.zeros(1, 3, *SIZE)  # a blank image: the detector is set to find n
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    """One graph for all ONNX Runtime tests: the score threshold is set in the widest gap
-    between the best score on the blank image and the best scores on images 0 and 2, so
-    those two have detections and the blank image has proposals but no detection, with
-    no score near the threshold."""
+    """One graph for all ONNX Runtime tests, written by ``tools/deployment/pytorch2onnx.py``
+    (which checks it against mmdet on its generated image) from the same seeded weights. The
+    score threshold is set in the widest gap between the best score on the blank image and
+    the best scores on images 0 and 2, so those two have detections and the blank image has
+    proposals but no detection, with no score near the threshold."""
+    sys.path.insert(0, str(ROOT / 'tools' / 'deployment'))
+    import pytorch2onnx
+
     from quadmamba_mm.deploy.detector_eval import OrtMaskRCNN
-    from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
     detector = build_demo_detector()
     found = [class_scores(detector, image(seed)) for seed in (0, 2)]
     low, high = float(class_scores(detector, BLANK).max()), min(float(s.max()) for s in found)
@@ -73,9 +77,17 @@ def exported(tmp_path_factory):
     edges = torch.cat([torch.tensor([low, high]), between]).sort().values
     widest = int(edges.diff().argmax())
     assert float(edges.diff()[widest]) > 1e-3
-    detector.roi_head.test_cfg.score_thr = float(edges[widest:widest + 2].mean())
-    path = tmp_path_factory.mktemp('onnx') / 'mask_rcnn.onnx'
-    export_mask_rcnn(detector, image(0), str(path))
+    threshold = float(edges[widest:widest + 2].mean())
+    detector.roi_head.test_cfg.score_thr = threshold
+    folder = tmp_path_factory.mktemp('onnx')
+    config = folder / 'config.py'
+    config.write_text(f"_base_ = ['{CONFIG}']\nmodel = dict(backbone=dict(arch=dict(_delete_=True, "
+                      "embed_dims=48, depths=[1, 1, 1, 1], ssm_ratio=1.0)), "
+                      f"test_cfg=dict(rcnn=dict(score_thr={threshold!r})))\n")
+    path = folder / 'mask_rcnn.onnx'
+    code = pytorch2onnx.main([str(config), 'none', '--out', str(path), '--shape', *map(str, SIZE),
+                              '--repeat', '1'])
+    assert code == 0
     return detector, path, OrtMaskRCNN(str(path))
 
 
