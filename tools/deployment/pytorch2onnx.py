@@ -252,7 +252,7 @@ def export_detector(model: nn.Module, inputs: List[Tuple[str, torch.Tensor]],
     """The whole Mask R-CNN to ONNX; ONNX Runtime's detections matched to mmdet's."""
     from quadmamba_mm.deploy.detector_eval import (OrtMaskRCNN, compare_on_images,
                                                    mmdet_predict)
-    from quadmamba_mm.deploy.mask_rcnn import export_mask_rcnn
+    from quadmamba_mm.deploy.mask_rcnn import NOT_EXACT, export_mask_rcnn
     if args.dynamic or args.exporter != 'dynamo':
         raise SystemExit('the whole detector is exported by the dynamo exporter for one image '
                          '(no --dynamic, no --exporter torchscript); --features-only exports '
@@ -278,6 +278,7 @@ def export_detector(model: nn.Module, inputs: List[Tuple[str, torch.Tensor]],
               f', largest score difference {report["max_score_diff"]:.1e}, smallest mask IoU '
               f'{report["min_mask_iou"]:.4f})')
         unmatched += max(report['reference'], report['other']) - report['matched']
+    print('not as in mmdet (the effect: the matches above): ' + '; '.join(NOT_EXACT))
     spinning = os.environ.get('OMP_WAIT_POLICY', '').upper() == 'ACTIVE'
     runtime = OrtMaskRCNN(args.out, threads=torch.get_num_threads(), spinning=spinning)
     torch_ms, ort_ms = interleaved_ms(
