@@ -74,30 +74,44 @@ def softplus(z: Tensor) -> Tensor:
 Carry = Tuple[Tensor, ...]
 
 
-def _scan(step: Callable[[Carry, Carry], Tuple[Carry, Carry]], carry: Carry,
-          xs: Carry) -> Tuple[Carry, Carry]:
-    """``carry, y_t = step(carry, x_t)`` over the leading dimension of the tensors ``xs``:
-    the last carry and the stacked outputs.
+def _scan(step: Callable[..., Tuple[Carry, Carry]], carry: Carry, xs: Carry,
+          extra: Carry = ()) -> Tuple[Carry, Carry]:
+    """``carry, y_t = step(carry, x_t, *extra)`` over the leading dimension of the tensors
+    ``xs``: the last carry and the stacked outputs.
 
-    Under ``torch.export`` (which torch's default ONNX exporter runs) this is one
-    ``torch.scan``: one ONNX ``Scan`` node whose body is ``step``, reading each step in place
-    and writing the outputs into one tensor; the body's slices of a step stay in the cache.
-    Elsewhere (eager, ``torch.compile``, the TorchScript exporter) the steps are unrolled.
-    ``step`` must not return its inputs as outputs (the scan forbids aliases).
+    Under ``torch.export`` (which torch's default ONNX exporter runs) this is one scan
+    operator (``torch.ops.higher_order.scan``): one ONNX ``Scan`` node whose body is ``step``,
+    reading each step in place and writing the outputs into one tensor; the body's slices
+    of a step stay in the cache. Elsewhere (eager, ``torch.compile``, the TorchScript
+    exporter) the steps are unrolled. ``step`` gets every tensor it needs as an argument
+    (``extra``: the same at every step) and must not return an argument as an output (the
+    scan forbids aliases).
     """
     if torch.compiler.is_exporting():
-        from torch._higher_order_ops.scan import scan
+        from torch._higher_order_ops.scan import scan, scan_op
+        carry = [c.contiguous() for c in carry]  # as the scan makes its carries
+        if torch.compiler.is_dynamo_compiling():  # a strict export: dynamo takes torch.scan
 
-        def body(carry_list, x_list):
-            new_carry, out = step(tuple(carry_list), tuple(x_list))
-            return list(new_carry), list(out)
+            def combine(carry_list, x_list):
+                new_carry, out = step(tuple(carry_list), tuple(x_list), *extra)
+                return list(new_carry), list(out)
 
-        # The scan wants contiguous initial carries, as the carries it makes.
-        last, out = scan(body, [c.contiguous() for c in carry], list(xs))
-        return tuple(last), tuple(out)
+            last, out = scan(combine, carry, list(xs))
+            return tuple(last), tuple(out)
+        n_carry, n_xs = len(carry), len(xs)
+
+        def body(*args):
+            new_carry, out = step(args[:n_carry], args[n_carry:n_carry + n_xs],
+                                  *args[n_carry + n_xs:])
+            return [*new_carry, *out]
+
+        # The operator itself, traced as it is (torch.scan would first run dynamo on the
+        # body, once per call).
+        flat = scan_op(body, carry, list(xs), tuple(extra))
+        return tuple(flat[:n_carry]), tuple(flat[n_carry:])
     outs = []
     for x_t in zip(*(x.unbind(0) for x in xs)):
-        carry, out = step(carry, x_t)
+        carry, out = step(carry, x_t, *extra)
         outs.append(out)
     return carry, tuple(torch.stack(o) for o in zip(*outs))
 
@@ -199,7 +213,7 @@ def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
     if single:
         B, C = B[..., 0], C[..., 0]  # (T, B, K, M)
 
-    def decay_and_input(z_t: Tensor, u_t: Tensor, B_t: Tensor) -> Carry:
+    def decay_and_input(z_t: Tensor, u_t: Tensor, B_t: Tensor, A: Tensor) -> Carry:
         delta = softplus(z_t)
         if not single:
             delta, u_t = delta[..., None, :], u_t[..., None, :]
@@ -213,15 +227,15 @@ def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
     zero = z.new_zeros(state)  # (a carry of its own each: the scan forbids aliased inputs)
     if z.shape[3] == 1:  # one block: one pass
 
-        def single_pass(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
-            _, a, b = decay_and_input(*x[:3])
+        def single_pass(carry: Carry, x: Carry, A: Tensor) -> Tuple[Carry, Carry]:
+            _, a, b = decay_and_input(*x[:3], A)
             h = a * carry[0] + b
             return (h, ), (output(h, x[3]), )
 
-        return _scan(single_pass, (zero, ), (z, u, B, C))[1][0]
+        return _scan(single_pass, (zero, ), (z, u, B, C), (A, ))[1][0]
 
-    def first(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
-        dA, a, b = decay_and_input(*x)
+    def first(carry: Carry, x: Carry, A: Tensor) -> Tuple[Carry, Carry]:
+        dA, a, b = decay_and_input(*x, A)
         return (a * carry[0] + b, carry[1] + dA), (a, b)
 
     def second(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
@@ -229,7 +243,8 @@ def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
         return (h, ), (output(h, x[2]), )
 
     # Block ends from zero and the blocks' log decays; the true ends one level up.
-    (zero_start, block_log_decay), (a, b) = _scan(first, (zero, z.new_zeros(state)), (z, u, B))
+    (zero_start, block_log_decay), (a, b) = _scan(first, (zero, z.new_zeros(state)), (z, u, B),
+                                                  (A, ))
     ends = linear_recurrence(block_log_decay, zero_start, 2)
     return _scan(second, (_entering(ends, 2), ), (a, b, C))[1][0]
 
