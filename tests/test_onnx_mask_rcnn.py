@@ -109,12 +109,20 @@ def test_wrapper_reproduces_mmdet():
 @pytest.mark.slow
 def test_onnx_runtime_matches_mmdet(exported):
     """Two images, one the export did not see: the same boxes (IoU >= 0.99), labels and
-    scores (1e-4) as mmdet, the mask probabilities of the PyTorch wrapper within 1e-4."""
+    scores (1e-4) as mmdet, the mask probabilities of the PyTorch wrapper within 1e-4. At
+    128x128 no RoI reaches the two coarsest RoI levels: their RoIAlign runs on zero RoIs."""
     from quadmamba_mm.deploy.detector_eval import match_detections
     from quadmamba_mm.deploy.mask_rcnn import MaskRCNNExport
     detector, _, runtime = exported
+    extractor = detector.roi_head.bbox_roi_extractor
     for seed in (0, 2):
         x = image(seed)
+        with torch.no_grad():
+            proposals = MaskRCNNExport(detector).proposals(detector.extract_feat(x),
+                                                           torch.tensor(SIZE, dtype=torch.float))
+        rois = torch.cat([proposals.new_zeros(len(proposals), 1), proposals], dim=1)
+        levels = MaskRCNNExport.roi_levels(rois, extractor.num_inputs, extractor.finest_scale)
+        assert set(levels.tolist()) <= {0, 1}
         got = runtime(x, SIZE)
         expected = mmdet_predict(detector, x)
         assert len(expected.bboxes) > 0
