@@ -149,6 +149,8 @@ def export_onnx(module: nn.Module,
         options['opset_version'] = opset
     if dynamic_batch:
         options['dynamic_axes'] = {name: {0: 'batch'} for name in ['input'] + names}
+        if image.shape[0] == 1:  # traced at batch 1, a size could be taken as the constant 1
+            image = torch.cat([image, image])
     if exporter == 'dynamo':
         with torch.no_grad():
             torch.onnx.export(module, (image, ), str(path), dynamo=True, verbose=False,
@@ -161,7 +163,7 @@ def export_onnx(module: nn.Module,
             warnings.simplefilter('ignore', DeprecationWarning)
             torch.onnx.export(with_matrix_pools(module), (image, ), str(path), dynamo=False,
                               **options)
-    if fold_transposes:
+    if fold_transposes and not dynamic_batch:  # (the rewrite needs static shapes)
         import onnx
         model = onnx.load(str(path), load_external_data=False)
         if fold_map_transposes(model):
@@ -204,7 +206,7 @@ def fold_map_transposes(model) -> int:
     producer = {out: node for node in graph.node for out in node.output}
     users: Dict[str, List] = {}
     for node in graph.node:
-        for name in node.input:
+        for name in _inputs_with_subgraphs(node):  # a Scan body reads outer values by name
             users.setdefault(name, []).append(node)
     outputs = {value.name for value in graph.output}
 
@@ -277,11 +279,21 @@ def fold_map_transposes(model) -> int:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
+    used = {name for node in graph.node for name in _inputs_with_subgraphs(node)}
     dropped = [i for i in graph.initializer if i.name not in used and i.name not in outputs]
     for initializer in dropped:  # the shapes of the removed Reshapes
         graph.initializer.remove(initializer)
     return count
+
+
+def _inputs_with_subgraphs(node) -> List[str]:
+    """The names a node reads: its inputs and those its subgraphs (a Scan body) read."""
+    names = list(node.input)
+    for attribute in node.attribute:
+        for graph in ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs):
+            for inner in graph.node:
+                names.extend(_inputs_with_subgraphs(inner))
+    return names
 
 
 def ort_session(path: Union[str, Path], threads: Optional[int] = None, spinning: bool = False):
