@@ -18,12 +18,12 @@ step, on slices that stay in the cache); elsewhere (eager, ``torch.compile``, th
 exporter) the steps are unrolled.
 
 :func:`selective_scan_projected_segsum` is the whole SS2D scan core in this form, the one
-exported to ONNX: the map's tokens are gathered straight into the step-major layout (row
-gathers; padding steps read a zero token), the input projection is applied on the map before
-the gather (``D`` channels in, ``K * (R + 2N)`` out) and ``dt_proj`` as one matmul with the
-bias folded in; the first pass over a block computes delta, the decays and the inputs of a
-step and the block ends, the second the states and ``C h``; the outputs go back to map order
-with one row gather per direction. The graph has standard operators only (Scan, MatMul,
+exported to ONNX: the input projection is applied on the map (``D`` channels in, ``K * (R +
+2N)`` out) and its outputs gathered into the step-major layout; the first pass over a block
+gathers each step's tokens (row gathers; padding steps read a zero token), applies
+``dt_proj`` (one small matmul, the bias folded in) and computes delta, the decays, the
+inputs and the block ends; the second the states and ``C h``; the outputs go back to map
+order with one row gather per direction. The graph has standard operators only (Scan, MatMul,
 Gather, Exp, Log, Mul, Add, Min, Max, Concat, Reshape, Transpose) with shapes fixed by the
 map size.
 
@@ -195,17 +195,25 @@ def selective_scan_segsum(u: Tensor,
     return y
 
 
-def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
-    """The scan outputs ``(T, B, K, M, D)`` of step-major blocks (blocks along M) from the
-    pre-activation ``z`` of delta and the tokens ``u`` (``(T, B, K, M, D)``), ``B`` and ``C``
-    (``(T, B, K, M, N)``) and ``A`` ``(K, D, N)``.
+def _map_scan(dts: Tensor, index: Tensor, rows: Tensor, dt_weight: Tensor, B: Tensor,
+              C: Tensor, A: Tensor) -> Tensor:
+    """The scan outputs ``(T, B, K, M, D)`` of step-major blocks (blocks along M).
 
-    Each pass over the T steps is one :func:`_scan` whose step does all the elementwise work
-    of one step: delta, the decay and the input in the first pass (which also sums the
-    blocks' log decays and gives the block ends), the state update and its output ``C h`` in
-    the second. The broadcast dimensions of size 1 are made inside the steps: a traced scan
-    may take a size-1 dimension of its inputs as a symbolic size (the ONNX exporter traces
-    with size-oblivious sizes), which then does not broadcast.
+    Args:
+        dts: ``(T, B, K, M, R + 1)`` low-rank input of ``dt_proj`` (a last channel of ones).
+        index: ``(T, B, K, M)`` row of ``rows`` each step reads (its token).
+        rows: ``(rows, D)`` the tokens.
+        dt_weight: ``(K, R + 1, D)`` ``dt_proj`` with its bias as the last input channel.
+        B, C: ``(T, B, K, M, N)``.
+        A: ``(K, D, N)``.
+
+    Each pass over the T steps is one :func:`_scan` whose step does all the work of one step
+    on slices that stay in the cache: the first gathers the step's tokens, projects delta
+    (one small matmul), and forms the decay and the input (it also sums the blocks' log
+    decays and gives the block ends); the second updates the states and gives ``C h``. The
+    broadcast dimensions of size 1 are made inside the steps: a traced scan may take a size-1
+    dimension of its inputs as a symbolic size (the ONNX exporter traces with size-oblivious
+    sizes), which then does not broadcast.
     """
     n_state = A.shape[-1]
     single = n_state == 1  # no state axis: the state is (B, K, M, D), else (B, K, M, N, D)
@@ -213,8 +221,10 @@ def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
     if single:
         B, C = B[..., 0], C[..., 0]  # (T, B, K, M)
 
-    def decay_and_input(z_t: Tensor, u_t: Tensor, B_t: Tensor, A: Tensor) -> Carry:
-        delta = softplus(z_t)
+    def decay_and_input(dts_t: Tensor, index_t: Tensor, B_t: Tensor, A: Tensor,
+                        dt_weight: Tensor, rows: Tensor) -> Carry:
+        delta = softplus(torch.matmul(dts_t, dt_weight))
+        u_t = F.embedding(index_t, rows)
         if not single:
             delta, u_t = delta[..., None, :], u_t[..., None, :]
         dA = delta * A[:, None]
@@ -223,19 +233,22 @@ def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
     def output(h: Tensor, C_t: Tensor) -> Tensor:
         return h * C_t[..., None] if single else (h * C_t[..., None]).sum(-2)
 
-    state = z.shape[1:] if single else z.shape[1:-1] + (n_state, z.shape[-1])
-    zero = z.new_zeros(state)  # (a carry of its own each: the scan forbids aliased inputs)
-    if z.shape[3] == 1:  # one block: one pass
+    batch, directions, blocks = index.shape[1:]
+    state = ((batch, directions, blocks, rows.shape[-1]) if single else
+             (batch, directions, blocks, n_state, rows.shape[-1]))
+    zero = rows.new_zeros(state)  # (a carry of its own each: the scan forbids aliased inputs)
+    extra = (A, dt_weight, rows)
+    if blocks == 1:  # one block: one pass
 
-        def single_pass(carry: Carry, x: Carry, A: Tensor) -> Tuple[Carry, Carry]:
-            _, a, b = decay_and_input(*x[:3], A)
+        def single_pass(carry: Carry, x: Carry, *extra: Tensor) -> Tuple[Carry, Carry]:
+            _, a, b = decay_and_input(*x[:3], *extra)
             h = a * carry[0] + b
             return (h, ), (output(h, x[3]), )
 
-        return _scan(single_pass, (zero, ), (z, u, B, C), (A, ))[1][0]
+        return _scan(single_pass, (zero, ), (dts, index, B, C), extra)[1][0]
 
-    def first(carry: Carry, x: Carry, A: Tensor) -> Tuple[Carry, Carry]:
-        dA, a, b = decay_and_input(*x, A)
+    def first(carry: Carry, x: Carry, *extra: Tensor) -> Tuple[Carry, Carry]:
+        dA, a, b = decay_and_input(*x, *extra)
         return (a * carry[0] + b, carry[1] + dA), (a, b)
 
     def second(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
@@ -243,8 +256,8 @@ def _map_scan(z: Tensor, u: Tensor, B: Tensor, C: Tensor, A: Tensor) -> Tensor:
         return (h, ), (output(h, x[2]), )
 
     # Block ends from zero and the blocks' log decays; the true ends one level up.
-    (zero_start, block_log_decay), (a, b) = _scan(first, (zero, z.new_zeros(state)), (z, u, B),
-                                                  (A, ))
+    (zero_start, block_log_decay), (a, b) = _scan(first, (zero, rows.new_zeros(state)),
+                                                  (dts, index, B), extra)
     ends = linear_recurrence(block_log_decay, zero_start, 2)
     return _scan(second, (_entering(ends, 2), ), (a, b, C))[1][0]
 
@@ -361,9 +374,7 @@ def selective_scan_projected_segsum(x: Tensor,
     dt_weight = torch.cat([dt_proj_weight.float().transpose(1, 2),
                            dt_bias.float().reshape(directions, 1, dim)], 1)
     dts = torch.cat([dts, torch.ones_like(dts[..., :1])], -1)
-    u = F.embedding(index, rows)
-    z = torch.matmul(dts, dt_weight)  # (T, B, K, M, D)
-    y = _map_scan(z, u, Bs, Cs, A.float().view(directions, dim, n_state))
+    y = _map_scan(dts, index, rows, dt_weight, Bs, Cs, A.float().view(directions, dim, n_state))
     y = y.reshape(-1, dim)
 
     if orders is not None:  # back to map order, the K directions summed, plus D * x
