@@ -6,8 +6,9 @@ A QuadMamba training step runs on fake CUDA tensors (bf16 autocast by default), 
 :mod:`.compile_check`. Three things are counted:
 
 - kernel launches (recorded with their arguments): each tensor a kernel reads or writes,
-  once, at its size; map-order outputs and input gradients are read back and written once
-  per scan direction after the first (the directions add up in them); the backward's
+  once, at its size; map-order outputs are read back and written once per scan direction
+  after the first (the directions add up in them), and so is the fp32 sum of the input
+  gradient's directions before the last one; the backward's
   per-program partials of dB and dC are written and read back by their sum;
 - host passes: every tensor copy (dtype casts, layout copies) made on the way into the scan
   ops (``quadmamba.selective_scan_triton`` and its backward) or on their outputs;
@@ -82,15 +83,19 @@ def launch_bytes(launch, sizes: List[int]) -> Tuple[int, int]:
     tensor argument, 0 for the others)."""
     kw = dict(launch.kwargs)
     forward = launch.kernel.endswith('_scan_fwd_kernel')
-    k = launch.args[(11 if forward else 18) + 2]  # after the pointers: L, DIM, K
+    k = launch.args[(11 if forward else 19) + 2]  # after the pointers: L, DIM, K
     repeat = k - 1 if kw.get('ORDERED') else 0  # map-order read-modify-writes
     if forward:
         u, dt, _, B, C, _, _, orders, _, y, states = sizes[:11]
         return u + dt + B + C + orders + y + repeat * 2 * y + states, 0
-    (u, dt, _, B, C, _, _, orders, _, dy, states, du, ddt, dB, dC, dA, dD, dbias) = sizes[:18]
+    (u, dt, _, B, C, _, _, orders, _, dy, states, du, du_sum, ddt, dB, dC, dA, dD,
+     dbias) = sizes[:19]
     blocks = launch.grid[1]
     partial_sum = (dB + dC) + (dB + dC) // max(1, blocks)  # read the partials, write the sum
-    kernel = (u + dt + B + C + orders + dy + states + du + repeat * 2 * du + ddt + dB + dC
+    # in map order the first K-1 directions' du add up in an fp32 buffer: written by the
+    # first, read and written by the middle ones, read by the last, which writes du
+    du_sums = 2 * repeat * du_sum if repeat else 0
+    kernel = (u + dt + B + C + orders + dy + states + du + du_sums + ddt + dB + dC
               + dA + dD + dbias)
     return kernel, partial_sum
 

@@ -172,8 +172,8 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
 
 @triton.jit
 def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, index_ptr,
-                     dy_ptr, state_ptr, du_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
-                     dbias_ptr,
+                     dy_ptr, state_ptr, du_ptr, du_sum_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr,
+                     dD_ptr, dbias_ptr,
                      L, DIM, K,
                      stride_u_batch, stride_u_channel, stride_u_step,
                      stride_dt_batch, stride_dt_channel, stride_dt_step,
@@ -193,6 +193,7 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
     C_ptr += b * stride_BC_batch
     dy_ptr += b * stride_dy_batch
     du_ptr += b * stride_du_batch
+    du_sum_ptr += b * stride_du_batch
     ddt_ptr += b * stride_ddt_batch
     blk = tl.program_id(1)
     n_blocks = tl.num_programs(1)
@@ -269,10 +270,13 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
             # Stored in the dtype of the ddt buffer (delta's): the cast is fused here.
             tl.store(ddt_ptr + ch[:, None] * stride_ddt_channel + pos[None, :] * stride_ddt_step,
                      ddt, mask=mask)
-            du_at = du_ptr + uch[:, None] * stride_du_channel + pos[None, :] * stride_du_step
-            if ORDERED:
-                du += tl.load(du_at, mask=mask & (k > 0), other=0.0)
-            tl.store(du_at, du, mask=mask)
+            du_at = uch[:, None] * stride_du_channel + pos[None, :] * stride_du_step
+            if ORDERED:  # the directions add up in an fp32 sum; the last one writes du
+                du += tl.load(du_sum_ptr + du_at, mask=mask & (k > 0), other=0.0)
+                tl.store(du_sum_ptr + du_at, du, mask=mask & (k < K - 1))
+                tl.store(du_ptr + du_at, du, mask=mask & (k == K - 1))
+            else:
+                tl.store(du_ptr + du_at, du, mask=mask)
         tl.store(dA_ptr + (b * K * DIM + ch[:, None]) * N + cols[None, :], dA, mask=mask_dn)
         tl.store(dD_ptr + b * K * DIM + ch, dD, mask=mask_d)
         tl.store(dbias_ptr + b * K * DIM + ch, dbias, mask=mask_d)
@@ -429,10 +433,10 @@ def selective_scan_triton_backward(grad_y: Tensor,
     """Gradients for ``(u, delta, A, B, C, D, delta_bias)`` (None for absent inputs) from the
     chunk-end ``states`` of :func:`selective_scan_triton`.
 
-    ``grad_y`` is read through its strides. ``du`` and ``ddelta`` come in the layouts of ``u``
-    and ``delta`` and ``ddelta`` in delta's dtype (written so by the kernel); ``du`` is fp32
-    in map order (the K directions add up in it) and in u's dtype otherwise; the small
-    per-channel gradients are fp32."""
+    ``grad_y`` is read through its strides. ``du`` and ``ddelta`` come in the layouts and
+    dtypes of ``u`` and ``delta`` (written so by the kernel; in map order the K directions
+    add up in an fp32 buffer that the last one reads); the small per-channel gradients are
+    fp32."""
     A = A.float().contiguous()
     B, C = _same_layout(B, C)
     k = B.shape[1]
@@ -442,7 +446,9 @@ def selective_scan_triton_backward(grad_y: Tensor,
     blocks = launch_blocks(length, dim, backward=True)
     n_blocks = triton.cdiv(dim, blocks[0])
     dev = u.device
-    du = empty_in_layout_of(u, torch.float32 if orders is not None else u.dtype)
+    du = empty_in_layout_of(u, u.dtype)
+    # fp32 sum of the first K-1 directions' du in map order (never read otherwise)
+    du_sum = empty_in_layout_of(u) if orders is not None and k > 1 else du
     ddelta = empty_in_layout_of(delta, delta.dtype)
     dB = torch.empty(batch, k, n_blocks, n_state, length, device=dev)
     dC = torch.empty_like(dB)
@@ -452,7 +458,7 @@ def selective_scan_triton_backward(grad_y: Tensor,
     _check_offsets(u, delta, B, C, grad_y, du, ddelta)
     _launch(_scan_bwd_kernel, (batch, n_blocks),
             u, delta, A, B, C, _optional(D, A), _optional(delta_bias, A), *order_args[:2], grad_y,
-            states, du, ddelta, dB, dC, dA, dD, dbias, length, dim, k, *u.stride(),
+            states, du, du_sum, ddelta, dB, dC, dA, dD, dbias, length, dim, k, *u.stride(),
             *delta.stride(), *B.stride(), *order_args[2:], *grad_y.stride(),
             *du.stride(), *ddelta.stride(),
             **_flags(D, delta_bias, delta_softplus, orders, order_index, n_state, blocks,
