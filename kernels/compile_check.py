@@ -216,9 +216,8 @@ def specialise(launch: Launch, capability: int):
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     args = [_BinderPointer(a) if isinstance(a, Pointer) else a for a in launch.args]
     kwargs = dict(launch.kwargs)
-    if launch.kernel == '_scan_bwd_kernel':  # what the launch code adds on such a GPU
-        from .triton_scan import backward_options
-        kwargs.update(backward_options(divmod(capability, 10)))
+    from .triton_scan import launch_options  # what the launch code adds on such a GPU
+    kwargs.update(launch_options(divmod(capability, 10)))
     bound, spec, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, spec,
                                                               options)

@@ -83,13 +83,16 @@ def launch_bytes(launch, sizes: List[int]) -> Tuple[int, int]:
     tensor argument, 0 for the others)."""
     kw = dict(launch.kwargs)
     forward = launch.kernel.endswith('_scan_fwd_kernel')
-    k = launch.args[(11 if forward else 19) + 2]  # after the pointers: L, DIM, K
-    repeat = k - 1 if kw.get('ORDERED') else 0  # map-order read-modify-writes
+    k = launch.args[(12 if forward else 20) + 2]  # after the pointers: L, DIM, K
+    # map-order read-modify-writes, unless the directions add up on chip
+    repeat = k - 1 if kw.get('ORDERED') and not kw.get('ON_CHIP') else 0
     if forward:
-        u, dt, _, B, C, _, _, orders, _, y, states = sizes[:11]
+        u, dt, _, B, C, _, _, orders, inverses, _, y, states = sizes[:12]
+        orders += inverses if kw.get('ON_CHIP') else 0
         return u + dt + B + C + orders + y + repeat * 2 * y + states, 0
-    (u, dt, _, B, C, _, _, orders, _, dy, states, du, du_sum, ddt, dB, dC, dA, dD,
-     dbias) = sizes[:19]
+    (u, dt, _, B, C, _, _, orders, inverses, _, dy, states, du, du_sum, ddt, dB, dC, dA, dD,
+     dbias) = sizes[:20]
+    orders += inverses if kw.get('ON_CHIP') else 0
     blocks = launch.grid[1]
     partial_sum = (dB + dC) + (dB + dC) // max(1, blocks)  # read the partials, write the sum
     # in map order the first K-1 directions' du add up in an fp32 buffer: written by the

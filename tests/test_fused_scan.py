@@ -100,7 +100,7 @@ def small_blocks(monkeypatch, fused):
     if fused[0] == 'triton':
         from quadmamba_kernels import triton_scan
         monkeypatch.setattr(triton_scan, 'launch_blocks',
-                            lambda length, dim, backward=False: (2, 16, 4))
+                            lambda length, dim, backward=False, map_order=False: (2, 16, 4))
     return fused
 
 
@@ -405,3 +405,88 @@ def test_without_openmp_the_c_kernel_runs_on_one_thread(tmp_path):
     assert 'threaded False' in done.stdout
     assert float(done.stdout.split('error ')[1]) <= 1e-5
     assert done.stderr.count('runs on one thread') == 1
+
+
+def _record_launches(monkeypatch):
+    """The Triton launches made while the test runs, as ``(kernel name, grid, kwargs)``."""
+    from quadmamba_kernels import triton_scan
+    launches = []
+    monkeypatch.setattr(triton_scan, 'LAUNCH_OBSERVERS', [
+        lambda kernel, grid, args, kwargs: launches.append((kernel.__name__, grid, kwargs))])
+    return launches
+
+
+@TRITON
+@pytest.mark.parametrize('case, dtype', [('orders', torch.float32), ('orders', torch.bfloat16),
+                                         ('cross', torch.float32),
+                                         ('candidates', torch.bfloat16)])
+def test_directions_summed_on_chip(monkeypatch, case, dtype):
+    """Sequences that fit one chunk: the K directions add up in map order on chip (no
+    read-modify-write of y or du per direction) and one backward program takes every channel
+    tile of its sample (one dB/dC partial per program), with the unfused path's results."""
+    from quadmamba_kernels import triton_scan
+    from quadmamba_mm.models.token_orders import cross_scan_orders
+    monkeypatch.setattr(triton_scan, 'launch_blocks',
+                        lambda length, dim, backward=False, map_order=False: (2, 64, 4))
+    monkeypatch.setattr(triton_scan, 'BACKWARD_WARPS', 1)
+    launches = _record_launches(monkeypatch)
+    batch, k, dim, length = 2, 3, 3, 37
+    if case == 'cross':
+        k, length = 4, 35
+    inputs = make_inputs(batch=batch, k=k, dim=dim, n_state=2, length=length, dtype=dtype)
+    inputs['u'] = inputs['u'][:, :dim]
+    if case == 'cross':
+        inputs['orders'] = cross_scan_orders(5, 7)[0]
+    elif case == 'orders':
+        inputs['orders'] = random_orders(batch, k, length)
+    else:
+        candidates = random_orders(4, k, length, seed=3)
+        index = torch.tensor([2, 0])
+        inputs.update(orders=ScanOrders(candidates.to(DEVICE)), order_index=index.to(DEVICE))
+        y, grads = scan_and_grads(inputs, 'triton')
+        inputs.update(orders=candidates[index], order_index=None)
+        y_ref, grads_ref = scan_and_grads(inputs, 'reference')
+        y_tol, g_tol = TOLERANCE[dtype]
+        assert_close_rel(y, y_ref, y_tol, 'y')
+        for name in grads_ref:
+            assert_close_rel(grads[name], grads_ref[name], g_tol, f'grad {name}')
+    if case != 'candidates':
+        assert_matches(inputs, dtype, ('triton', DEVICE))
+    kernels = {name: (grid, kwargs) for name, grid, kwargs in launches}
+    assert kernels['_scan_fwd_kernel'][1]['ON_CHIP'] and kernels['_scan_bwd_kernel'][1]['ON_CHIP']
+    assert kernels['_scan_bwd_kernel'][0] == (batch, 1), 'one backward program per sample'
+
+
+@TRITON
+def test_sample_offsets_past_2_31():
+    """The third sample of a view with a batch stride of 2**30 elements starts at element
+    2**31 of its storage (4 GiB of bf16, allocated but untouched but for the samples): the
+    kernels' int64 sample offsets reach it. With int32 offsets the read wraps around and
+    crashes, so it runs in a child process."""
+    script = f'''
+import sys, torch
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from quadmamba_kernels import selective_scan
+from test_selective_scan import make_inputs
+inputs = make_inputs(batch=3, k=1, dim=2, n_state=1, length=16, dtype=torch.bfloat16)
+inputs = {{name: t.to({DEVICE!r}) for name, t in inputs.items()}}
+storage = torch.empty(2**31 + 2 * 16, dtype=torch.bfloat16, device={DEVICE!r})
+u = storage.as_strided((3, 2, 16), (2**30, 16, 1))
+u.copy_(inputs['u'])
+u.requires_grad_()
+kwargs = dict(delta_softplus=True, output_fp32=True)
+y = selective_scan(**{{**inputs, 'u': u}}, backend='triton', **kwargs)
+(du,) = torch.autograd.grad(y.sum(), u)
+u_ref = u.detach().contiguous().requires_grad_()
+y_ref = selective_scan(**{{**inputs, 'u': u_ref}}, backend='reference', **kwargs)
+(du_ref,) = torch.autograd.grad(y_ref.sum(), u_ref)
+print(float((y - y_ref).abs().max() / y_ref.abs().max()),
+      float((du.float() - du_ref.float()).abs().max() / du_ref.float().abs().max()))
+'''
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, f'exit code {run.returncode}: {run.stderr[-2000:]}'
+    y_error, du_error = map(float, run.stdout.split())
+    assert y_error <= 1e-5 and du_error <= 1e-2, (y_error, du_error)
