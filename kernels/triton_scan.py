@@ -17,8 +17,12 @@ Scan orders (``ordered=True``): ``u`` is then the ``(B, D, L)`` map in 2-D order
 is the map position scanned at step ``i`` of direction ``k``, ``g = order_index[b]`` being
 the candidate set of sample ``b`` (read by the kernel: no host sync). The kernels gather through the
 orders while they scan and add the K directions' outputs at their map positions, so the K
-reordered copies of the map and of the outputs never exist in memory. Without orders, the
-layout is mamba's: ``u``, ``delta`` and ``y`` are ``(B, K*D, L)`` in scan order.
+reordered copies of the map and of the outputs never exist in memory. A sequence that fits
+one chunk (up to ``ON_CHIP_LENGTH`` steps) adds up its directions on chip, through the
+inverse orders (``tl.gather``), and writes y and du once; a longer one adds each direction
+to what the ones before wrote (y, and an fp32 sum of du before the last direction writes
+du). Without orders, the layout is mamba's: ``u``, ``delta`` and ``y`` are ``(B, K*D, L)``
+in scan order.
 
 Gradients of the per-channel parameters (A, D, delta_bias) and of the group-shared B and C
 are written per program and summed afterwards: no atomics, deterministic results.
