@@ -46,6 +46,9 @@ class ScanTraffic(TorchDispatchMode):
         self.host = defaultdict(int)
         self._copies: Dict[int, Tuple[str, int]] = {}  # id(tensor) -> copy that made it
         self._scan_outputs: set = set()
+        # Every tensor whose id is kept above stays alive until the end: an id is not
+        # reused by a later tensor (which would take its place in the count).
+        self._kept: List[torch.Tensor] = []
         return super().__enter__()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -67,7 +70,9 @@ class ScanTraffic(TorchDispatchMode):
                 # the gradients in the dtypes of their inputs
                 writes = sum(t.numel() * t.element_size() for t in (u, delta, B, C))
                 self.minimum['backward'] += reads + writes
-            self._scan_outputs.update(id(t) for t in flat_out if isinstance(t, torch.Tensor))
+            outputs = [t for t in flat_out if isinstance(t, torch.Tensor)]
+            self._scan_outputs.update(map(id, outputs))
+            self._kept += outputs
         elif name in COPY_OPS and isinstance(out, torch.Tensor):
             size = sum(map(nbytes, tensors_in[:1])) + nbytes(out)
             if any(id(t) in self._scan_outputs for t in tensors_in):
@@ -75,6 +80,7 @@ class ScanTraffic(TorchDispatchMode):
                 self._scan_outputs.add(id(out))
             else:
                 self._copies[id(out)] = (name.split('.')[1], size)
+            self._kept.append(out)
         return out
 
 
