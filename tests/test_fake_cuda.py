@@ -1,6 +1,7 @@
 """The GPU path on a machine without a GPU: the backbone on fake CUDA tensors (device
 placement, the Triton op dispatched, shapes, dtypes and strides), the fallback of ``'auto'``
-when a Triton kernel fails, and the host-side offset check.
+when a Triton kernel fails, the host-side offset check, and the predicted DRAM traffic of a
+training step.
 
 Fake tensors cannot go through Triton's interpreter, so under ``TRITON_INTERPRET=1`` (what
 conftest.py sets on a CPU machine) each test runs itself again in a child process with the
@@ -207,3 +208,28 @@ def test_low_precision_models_on_fake_cuda():
             where = f'{dtype} training={training}'
             assert all(o.dtype == dtype and o.device.type == 'cuda' for o in outs), where
             assert 'quadmamba.selective_scan_triton.default' in log.ops, where
+
+
+@in_compiler_process
+def test_quadmamba_s_training_step_traffic():
+    """The predicted traffic, a gate against kernel or host changes that move more bytes:
+    batch 128 at 224, bf16 autocast: 15.04 GB against a 10.44 GB minimum (1.44x) when
+    this test was written (docs/benchmarks.md); no tensor copied into or out of the scan ops
+    beyond 1% of the minimum; the cross-scan stages (196 and 49 steps) add up their
+    directions on chip."""
+    from quadmamba_kernels import triton_scan
+    from quadmamba_kernels.traffic import training_step_traffic
+
+    launches = []
+    triton_scan.LAUNCH_OBSERVERS.append(
+        lambda kernel, grid, args, kwargs: launches.append(
+            (args[kernel.arg_names.index('L')], kwargs['ON_CHIP'])))
+    try:
+        traffic = training_step_traffic('s', 224, 128, torch.bfloat16)
+    finally:
+        triton_scan.LAUNCH_OBSERVERS.pop()
+    assert traffic['ratio'] <= 1.45, traffic
+    assert sum(traffic['host'].values()) - traffic['host'].get('sum of the dB/dC partials', 0) \
+        <= 0.01 * traffic['minimum'], traffic['host']
+    lengths = dict(launches)
+    assert lengths[196] and lengths[49] and not lengths[3136], lengths
