@@ -19,13 +19,16 @@ exporter) the steps are unrolled.
 
 :func:`selective_scan_projected_segsum` is the whole SS2D scan core in this form, the one
 exported to ONNX: the input projection is applied on the map (``D`` channels in, ``K * (R +
-2N)`` out) and its outputs gathered into the step-major layout; the first pass over a block
-gathers each step's tokens (row gathers; padding steps read a zero token), applies
-``dt_proj`` (one small matmul, the bias folded in) and computes delta, the decays, the
-inputs and the block ends; the second the states and ``C h``; the outputs go back to map
-order with one row gather per direction. The graph has standard operators only (Scan, MatMul,
-Gather, Exp, Log, Mul, Add, Min, Max, Concat, Reshape, Transpose) with shapes fixed by the
-map size.
+2N)`` out) and its outputs gathered into the step-major layout (row gathers; padding steps
+read a zero token). With a scalar state per channel (``N = 1``, as in QuadMamba),
+``dt_proj`` (one matmul, the bias folded in), delta, the decays ``exp(delta A)`` and the
+inputs ``delta u B`` of all steps are whole-tensor operators, and each pass over a block's
+steps is one multiply-add per step (the second also gives ``C h``); with ``N > 1`` the first
+pass over a block gathers each step's tokens and computes delta, the decays, the inputs and
+the block ends inside the step, the second the states and ``C h``. The outputs go back to
+map order with one row gather per direction. The graph has standard operators only (Scan,
+MatMul, Gather, Exp, Log, Mul, Add, Min, Max, ReduceSum, Concat, Reshape, Transpose) with
+shapes fixed by the map size.
 
 :func:`selective_scan_segsum` has the mamba signature (backend ``'segsum'`` of
 :func:`~.interface.selective_scan`) and is differentiable by autograd. On CPUs in eager mode
@@ -147,6 +150,26 @@ def _blocked_states(dA: Tensor, b: Tensor, dim: int) -> Tensor:
     return _scan(_recurrence_step, (_entering(ends, dim), ), (a, b))[1][0]
 
 
+def _output_step(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
+    h = x[0] * carry[0] + x[1]
+    return (h, ), (h * x[2][..., None], )  # (C's axis of size 1 made inside the step)
+
+
+def _output_states(dA: Tensor, b: Tensor, C: Tensor, dim: int) -> Tensor:
+    """``C_t h_t`` of every state of a step-major blocked sequence with a scalar state per
+    channel: ``dA`` and ``b`` as for :func:`_blocked_states`, ``C`` the same without the last
+    (channel) axis. The pass over the block ends is one multiply-add per step; the second
+    pass, from the entering states, one multiply-add and the product with ``C``."""
+    a = dA.exp()
+    zero = b.new_zeros(b.shape[1:])
+    if b.shape[dim + 1] == 1:
+        start = zero
+    else:
+        (zero_start, ), _ = _scan(_end_step, (zero, ), (a, b))
+        start = _entering(linear_recurrence(dA.sum(0), zero_start, dim), dim)
+    return _scan(_output_step, (start, ), (a, b, C))[1][0]
+
+
 def linear_recurrence(dA: Tensor, b: Tensor, dim: int = -1) -> Tensor:
     """``h_t = exp(dA_t) * h_{t-1} + b_t`` along ``dim``, from ``h_{-1} = 0``: all states."""
     dim = dim % dA.dim()
@@ -207,16 +230,30 @@ def _map_scan(dts: Tensor, index: Tensor, rows: Tensor, dt_weight: Tensor, B: Te
         B, C: ``(T, B, K, M, N)``.
         A: ``(K, D, N)``.
 
-    Each pass over the T steps is one :func:`_scan` whose step does all the work of one step
-    on slices that stay in the cache: the first gathers the step's tokens, projects delta
-    (one small matmul), and forms the decay and the input (it also sums the blocks' log
-    decays and gives the block ends); the second updates the states and gives ``C h``. The
-    broadcast dimensions of size 1 are made inside the steps: a traced scan may take a size-1
+    With ``N = 1`` delta, the decays and the inputs of all steps are computed first, each one
+    vectorised operator over the whole ``(T, B, K, M, D)`` tensor, and each pass over the T
+    steps (the block ends; then the states and ``C h``) is one :func:`_scan` of one
+    multiply-add per step. In ONNX Runtime with 2 threads the many small operators of a step
+    that does all its work (below) are each split across the thread pool, at every one of the
+    ~700 steps of QuadMamba-S at 224x224; the whole-tensor form is faster there and as fast
+    at 1 thread (``docs/benchmarks.md``). With ``N > 1`` (a state axis would multiply those
+    tensors by N) each pass is one :func:`_scan` whose step does all the work of one step on
+    slices that stay in the cache: the first gathers the step's tokens, projects delta (one
+    small matmul), and forms the decay and the input (it also sums the blocks' log decays and
+    gives the block ends); the second updates the states and gives ``C h``. The broadcast
+    dimensions of size 1 are made inside the steps: a traced scan may take a size-1
     dimension of its inputs as a symbolic size (the ONNX exporter traces with size-oblivious
     sizes), which then does not broadcast.
     """
     n_state = A.shape[-1]
     single = n_state == 1  # no state axis: the state is (B, K, M, D), else (B, K, M, N, D)
+    if single:
+        # A scalar state per channel: whole-tensor delta, decays and inputs; the passes over
+        # the steps one multiply-add each.
+        delta = softplus(torch.matmul(dts, dt_weight))  # (T, B, K, M, D)
+        dA = delta * A[:, None, :, 0]
+        b = delta * F.embedding(index, rows) * B
+        return _output_states(dA, b, C[..., 0], 2)
     A = A[..., 0] if single else A.transpose(1, 2)  # (K, D) or (K, N, D)
     if single:
         B, C = B[..., 0], C[..., 0]  # (T, B, K, M)
