@@ -176,6 +176,21 @@ def test_tool_with_random_weights(tmp_path, capsys):
     assert non_standard_ops(out) == {}
 
 
+def test_tool_keeps_third_party_notes_out(tmp_path):
+    """Run as users run it, the tool prints no setuptools warning (``quiet_tools``) and no
+    onnx_ir note for the Scans without scan outputs (``quiet_exporter``) on stderr."""
+    import subprocess
+    config = small_config(tmp_path, 'configs/demo/quadmamba-li_shapes.py')
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'tools' / 'deployment' / 'pytorch2onnx.py'), str(config),
+         'none', '--out', str(tmp_path / 'm.onnx'), '--shape', '64', '64', '--repeat', '1'],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'OK: ONNX Runtime matches PyTorch' in result.stdout
+    assert 'pkg_resources' not in result.stderr
+    assert 'Attribute type is ambiguous' not in result.stderr
+
+
 def test_tool_rejects_a_bad_checkpoint(tmp_path, capsys):
     config = small_config(tmp_path, 'configs/demo/quadmamba-li_shapes.py')
     missing = tmp_path / 'nothing.pth'

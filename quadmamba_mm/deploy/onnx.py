@@ -15,6 +15,7 @@ measured fastest on a CPU, and :func:`non_standard_ops` lists any operator outsi
 standard ONNX domains.
 """
 import copy
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,6 +28,26 @@ from torch import Tensor
 EXPORTERS = ('dynamo', 'torchscript')
 STANDARD_DOMAINS = ('', 'ai.onnx')
 SEGMENTOR_OUTPUTS = ('logits', 'labels')
+
+
+# What onnx_ir logs for every empty list attribute it writes: the Scan nodes without scan
+# outputs (the passes that give only the block ends) have an empty ``scan_output_directions``,
+# which it rightly writes as INTS. Nothing for a user to act on.
+EMPTY_ATTRIBUTE_NOTE = 'Attribute type is ambiguous because it is an empty sequence'
+
+
+class _DropEmptyAttributeNote(logging.Filter):
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(EMPTY_ATTRIBUTE_NOTE)
+
+
+def quiet_exporter() -> None:
+    """Keep onnx_ir's note on empty list attributes (above) out of the output; every other
+    message of the exporter stays. Idempotent."""
+    logger = logging.getLogger('onnx_ir._convenience')
+    if not any(isinstance(f, _DropEmptyAttributeNote) for f in logger.filters):
+        logger.addFilter(_DropEmptyAttributeNote())
 
 
 class ClassifierGraph(nn.Module):

@@ -61,8 +61,9 @@ import quadmamba_mm  # noqa: E402,F401  (registers the models, safe checkpoint l
 from quadmamba_mm.checkpoints.resume import check_checkpoint  # noqa: E402
 from quadmamba_mm.deploy.onnx import (  # noqa: E402
     EXPORTERS, SEGMENTOR_OUTPUTS, ClassifierGraph, FeatureGraph, SegmentorGraph, export_onnx,
-    non_standard_ops, ort_session, run_session, sample_image)
+    non_standard_ops, ort_session, quiet_exporter, run_session, sample_image)
 from quadmamba_mm.runtime.images import UnreadableImage, one_line, read_image  # noqa: E402
+from quadmamba_mm.runtime.quiet import quiet_tools  # noqa: E402
 from quadmamba_mm.runtime.toolbox import build_model, toolbox_of  # noqa: E402
 
 DEFAULT_SHAPE = {'mmpretrain': (224, 224), 'mmseg': (512, 512), 'mmdet': (800, 1344)}
@@ -295,6 +296,8 @@ def export_detector(model: nn.Module, inputs: List[Tuple[str, torch.Tensor]],
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    quiet_tools()  # no pkg_resources warnings, no torch build dump
+    quiet_exporter()  # no note per Scan without scan outputs
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     toolbox = toolbox_of(cfg)
