@@ -448,10 +448,8 @@ def _order_arguments(orders: Optional[Tensor], order_index: Optional[Tensor], li
         return like, like, like, 0, 0
     orders = orders.to(torch.int32).contiguous()
     inverses = orders
-    if summed_on_chip:
-        steps = torch.arange(orders.shape[-1], device=orders.device, dtype=torch.int32)
-        inverses = torch.empty_like(orders).scatter_(-1, orders.long(),
-                                                     steps.expand_as(orders).contiguous())
+    if summed_on_chip:  # a permutation's argsort is its inverse (no in-place op to trace)
+        inverses = orders.argsort(-1).to(torch.int32)
     index = like if order_index is None else order_index.to(torch.int32).contiguous()
     return orders, inverses, index, orders.stride(0), orders.stride(1)
 
