@@ -246,33 +246,27 @@ def _map_scan(dts: Tensor, index: Tensor, rows: Tensor, dt_weight: Tensor, B: Te
     sizes), which then does not broadcast.
     """
     n_state = A.shape[-1]
-    single = n_state == 1  # no state axis: the state is (B, K, M, D), else (B, K, M, N, D)
-    if single:
+    if n_state == 1:
         # A scalar state per channel: whole-tensor delta, decays and inputs; the passes over
         # the steps one multiply-add each.
         delta = softplus(torch.matmul(dts, dt_weight))  # (T, B, K, M, D)
         dA = delta * A[:, None, :, 0]
         b = delta * F.embedding(index, rows) * B
         return _output_states(dA, b, C[..., 0], 2)
-    A = A[..., 0] if single else A.transpose(1, 2)  # (K, D) or (K, N, D)
-    if single:
-        B, C = B[..., 0], C[..., 0]  # (T, B, K, M)
+    A = A.transpose(1, 2)  # (K, N, D); the state is (B, K, M, N, D)
 
     def decay_and_input(dts_t: Tensor, index_t: Tensor, B_t: Tensor, A: Tensor,
                         dt_weight: Tensor, rows: Tensor) -> Carry:
-        delta = softplus(torch.matmul(dts_t, dt_weight))
-        u_t = F.embedding(index_t, rows)
-        if not single:
-            delta, u_t = delta[..., None, :], u_t[..., None, :]
+        delta = softplus(torch.matmul(dts_t, dt_weight))[..., None, :]
+        u_t = F.embedding(index_t, rows)[..., None, :]
         dA = delta * A[:, None]
         return dA, dA.exp(), delta * u_t * B_t[..., None]
 
     def output(h: Tensor, C_t: Tensor) -> Tensor:
-        return h * C_t[..., None] if single else (h * C_t[..., None]).sum(-2)
+        return (h * C_t[..., None]).sum(-2)
 
     batch, directions, blocks = index.shape[1:]
-    state = ((batch, directions, blocks, rows.shape[-1]) if single else
-             (batch, directions, blocks, n_state, rows.shape[-1]))
+    state = (batch, directions, blocks, n_state, rows.shape[-1])
     zero = rows.new_zeros(state)  # (a carry of its own each: the scan forbids aliased inputs)
     extra = (A, dt_weight, rows)
     if blocks == 1:  # one block: one pass
