@@ -84,28 +84,26 @@ class ScanTraffic(TorchDispatchMode):
         return out
 
 
-def launch_bytes(launch, sizes: List[int]) -> Tuple[int, int]:
+def launch_bytes(launch, sizes: Dict[str, int]) -> Tuple[int, int]:
     """``(kernel bytes, partial-sum bytes)`` of one recorded launch (``sizes``: bytes of each
-    tensor argument, 0 for the others)."""
+    tensor argument by name, 0 for the others)."""
     kw = dict(launch.kwargs)
-    forward = launch.kernel.endswith('_scan_fwd_kernel')
-    k = launch.args[(12 if forward else 20) + 2]  # after the pointers: L, DIM, K
+    on_chip = kw.get('ON_CHIP')
     # map-order read-modify-writes, unless the directions add up on chip
-    repeat = k - 1 if kw.get('ORDERED') and not kw.get('ON_CHIP') else 0
-    if forward:
-        u, dt, _, B, C, _, _, orders, inverses, _, y, states = sizes[:12]
-        orders += inverses if kw.get('ON_CHIP') else 0
-        return u + dt + B + C + orders + y + repeat * 2 * y + states, 0
-    (u, dt, _, B, C, _, _, orders, inverses, _, dy, states, du, du_sum, ddt, dB, dC, dA, dD,
-     dbias) = sizes[:20]
-    orders += inverses if kw.get('ON_CHIP') else 0
-    blocks = launch.grid[1]
-    partial_sum = (dB + dC) + (dB + dC) // max(1, blocks)  # read the partials, write the sum
+    repeat = sizes['K'] - 1 if kw.get('ORDERED') and not on_chip else 0
+    read = ('u_ptr', 'dt_ptr', 'B_ptr', 'C_ptr', 'order_ptr', 'state_ptr')
+    orders = sizes['inverse_ptr'] if on_chip else 0  # the inverse orders, read on chip
+    if launch.kernel.endswith('_scan_fwd_kernel'):
+        y = sizes['y_ptr']
+        return sum(sizes[n] for n in read) + orders + y + repeat * 2 * y, 0
+    dB, dC = sizes['dB_ptr'], sizes['dC_ptr']
+    partial_sum = (dB + dC) + (dB + dC) // max(1, launch.grid[1])  # read them, write the sum
     # in map order the first K-1 directions' du add up in an fp32 buffer: written by the
     # first, read and written by the middle ones, read by the last, which writes du
-    du_sums = 2 * repeat * du_sum if repeat else 0
-    kernel = (u + dt + B + C + orders + dy + states + du + du_sums + ddt + dB + dC
-              + dA + dD + dbias)
+    written = ('dy_ptr', 'du_ptr', 'ddt_ptr', 'dB_ptr', 'dC_ptr', 'dA_ptr', 'dD_ptr',
+               'dbias_ptr')
+    kernel = (sum(sizes[n] for n in read + written) + orders
+              + 2 * repeat * sizes['du_sum_ptr'])
     return kernel, partial_sum
 
 
@@ -122,7 +120,9 @@ def training_step_traffic(arch: str = 's', size: int = 224, batch: int = 128,
     records = []
 
     def observe(kernel, grid, args, kwargs):
-        sizes = [nbytes(a) if isinstance(a, torch.Tensor) else 0 for a in args]
+        sizes = {name: nbytes(a) if isinstance(a, torch.Tensor) else 0
+                 for name, a in zip(kernel.arg_names, args)}
+        sizes['K'] = args[kernel.arg_names.index('K')]
         records.append((launch_of(kernel, grid, args, kwargs), sizes))
 
     model = QuadMamba(arch=arch, out_indices=(0, 1, 2, 3))

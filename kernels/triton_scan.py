@@ -198,8 +198,8 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_
 
 @triton.jit
 def _scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr,
-                     inverse_ptr, index_ptr, dy_ptr, state_ptr, du_ptr, du_sum_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr,
-                     dD_ptr, dbias_ptr,
+                     inverse_ptr, index_ptr, dy_ptr, state_ptr, du_ptr, du_sum_ptr, ddt_ptr,
+                     dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
                      L, DIM, K, n_tiles,
                      stride_u_batch, stride_u_channel, stride_u_step,
                      stride_dt_batch, stride_dt_channel, stride_dt_step,
@@ -371,7 +371,7 @@ def launch_blocks(length: int, dim: int, backward: bool = False,
     - ``map_order`` (K > 1 directions summed in map order) and ``length <=
       ON_CHIP_LENGTH``: the whole sequence as one chunk of ``BLOCK_L`` steps, ``BLOCK_D =
       256 // BLOCK_L`` channels (at least one), one tile element a thread (8 warps; the
-      on-chip sort and gather of each direction take the registers of a second one).
+      on-chip gather of each direction takes the registers of a second one).
     - otherwise tiles of 16 channels by chunks of 16 steps (fewer channels where there are
       fewer), 256 elements over 4 warps (8 in the backward): 16 channels of a channel-last
       map are one 32-byte sector of bf16 at each position, and the dB/dC partials are one
@@ -390,9 +390,13 @@ def launch_blocks(length: int, dim: int, backward: bool = False,
     return block_d, block_l, 8 if backward else 4
 
 
-def on_chip(length: int, directions: int, ordered: bool, blocks: Tuple[int, int, int]) -> bool:
-    """Whether a launch adds up its K directions on chip: map order, K > 1, one chunk."""
-    return ordered and directions > 1 and blocks[1] >= length
+def launch_plan(length: int, dim: int, directions: int, ordered: bool,
+                backward: bool = False) -> Tuple[Tuple[int, int, int], bool]:
+    """``(launch_blocks(...), summed_on_chip)``: a launch adds up its K directions on chip in
+    map order with K > 1 when one chunk is the whole sequence."""
+    map_order = ordered and directions > 1
+    blocks = launch_blocks(length, dim, backward, map_order)
+    return blocks, map_order and blocks[1] >= length
 
 
 def backward_programs(batch: int, n_tiles: int, warps: int, summed_on_chip: bool) -> int:
@@ -507,8 +511,7 @@ def selective_scan_triton(u: Tensor,
     k = B.shape[1]
     dim = delta.shape[1] // k
     batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
-    blocks = launch_blocks(length, dim, map_order=orders is not None and k > 1)
-    summed = on_chip(length, k, orders is not None, blocks)
+    blocks, summed = launch_plan(length, dim, k, orders is not None)
     order_args = _order_arguments(orders, order_index, A, summed)
     n_chunks = triton.cdiv(length, blocks[1])
     y = empty_in_layout_of(u)
@@ -548,8 +551,7 @@ def selective_scan_triton_backward(grad_y: Tensor,
     k = B.shape[1]
     dim = delta.shape[1] // k
     batch, length, n_state = u.shape[0], u.shape[2], A.shape[1]
-    blocks = launch_blocks(length, dim, backward=True, map_order=orders is not None and k > 1)
-    summed = on_chip(length, k, orders is not None, blocks)
+    blocks, summed = launch_plan(length, dim, k, orders is not None, backward=True)
     order_args = _order_arguments(orders, order_index, A, summed)
     n_tiles = triton.cdiv(dim, blocks[0])
     n_blocks = backward_programs(batch, n_tiles, blocks[2], summed)
