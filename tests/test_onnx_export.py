@@ -12,7 +12,8 @@ from quadmamba_kernels import ScanOrders, selective_scan_projected
 from quadmamba_kernels.segsum import (linear_recurrence, selective_scan_projected_segsum,
                                       softplus)
 from quadmamba_mm.deploy import export_mode
-from quadmamba_mm.deploy.onnx import non_standard_ops, ort_session, run_session, sample_image
+from quadmamba_mm.deploy.onnx import (non_standard_ops, operator_times, ort_session, run_session,
+                                      sample_image)
 from quadmamba_mm.models import QuadMamba
 from tiny import tiny_backbone
 
@@ -105,6 +106,29 @@ def test_linear_recurrence_is_the_sequential_one(length):
                                sequential(grow, b).transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
+class Recurrence(torch.nn.Module):
+    def forward(self, dA: torch.Tensor) -> torch.Tensor:
+        return linear_recurrence(dA, dA.cos())
+
+
+def test_operator_times_count_scan_bodies(tmp_path):
+    """The profile by operator type: a Scan's body counted as its operators, once per step,
+    and the Scan with only its own time."""
+    path = tmp_path / 'recurrence.onnx'
+    dA = -torch.rand(1, 3, 64)
+    torch.onnx.export(Recurrence().eval(), (dA, ), str(path))
+    import onnx
+    graph = onnx.load(str(path)).graph
+    scans = [node for node in graph.node if node.op_type == 'Scan']
+    assert scans
+    top_level = sum(node.op_type == 'Mul' for node in graph.node)
+    rows = {op: (ms, calls) for op, ms, calls in operator_times(path, dA.numpy(), 1, runs=3)}
+    assert rows['Scan'][1] == len(scans)
+    # 64 steps in blocks of 32: each of the passes over a block's steps multiplies per step
+    assert rows['Mul'][1] >= top_level + 2 * 32
+    assert all(ms >= 0 for ms, _ in rows.values())
+
+
 def test_softplus_exact_and_finite():
     z = torch.cat([torch.linspace(-100, 100, 20001), torch.tensor([-1e30, 88.7, 89., 1e4, 1e30])])
     expected = torch.nn.functional.softplus(z.double(), threshold=1000).float()
@@ -183,10 +207,12 @@ def test_tool_keeps_third_party_notes_out(tmp_path):
     config = small_config(tmp_path, 'configs/demo/quadmamba-li_shapes.py')
     result = subprocess.run(
         [sys.executable, str(ROOT / 'tools' / 'deployment' / 'pytorch2onnx.py'), str(config),
-         'none', '--out', str(tmp_path / 'm.onnx'), '--shape', '64', '64', '--repeat', '1'],
+         'none', '--out', str(tmp_path / 'm.onnx'), '--shape', '64', '64', '--repeat', '1',
+         '--profile'],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'OK: ONNX Runtime matches PyTorch' in result.stdout
+    assert "ONNX Runtime's time per run by operator" in result.stdout
     assert 'pkg_resources' not in result.stderr
     assert 'Attribute type is ambiguous' not in result.stderr
 

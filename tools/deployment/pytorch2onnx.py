@@ -4,7 +4,8 @@ with ONNX Runtime.
     python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT|none --out model.onnx \\
         [--shape H W] [--image IMG ...] [--exporter dynamo|torchscript] [--opset N] \\
         [--dynamic] [--seg-output logits|labels] [--eval] [--features-only] [--paste-masks] \\
-        [--repeat 20] [--threads N] [--tolerance 1e-4] [--cfg-options KEY=VALUE ...]
+        [--repeat 20] [--threads N] [--profile] [--tolerance 1e-4] \\
+        [--cfg-options KEY=VALUE ...]
 
 What is exported, by the config's toolbox (one function per model kind, ``MODEL_KINDS``):
 
@@ -34,7 +35,9 @@ alternately in this process, with the machine. Both runtimes' thread pools wait 
 work unless ``OMP_WAIT_POLICY=ACTIVE`` is set (the tool sets ``OMP_WAIT_POLICY=PASSIVE`` for
 PyTorch's OpenMP threads otherwise, and turns ONNX Runtime's spinning off): on a machine
 shared with other processes, spinning threads take the cores the work needs, and PyTorch's
-latency at 2 threads was measured 10x its 1-thread latency there. It exits 1 when the
+latency at 2 threads was measured 10x its 1-thread latency there. ``--profile`` then prints
+ONNX Runtime's time per operator type from its profiler (the operators inside a ``Scan``'s
+body counted as themselves: where an export spends its time). It exits 1 when the
 difference exceeds ``--tolerance``. ``--eval`` (segmentors) also runs the config's test set
 through both and prints their mIoU.
 """
@@ -61,7 +64,7 @@ import quadmamba_mm  # noqa: E402,F401  (registers the models, safe checkpoint l
 from quadmamba_mm.checkpoints.resume import check_checkpoint  # noqa: E402
 from quadmamba_mm.deploy.onnx import (  # noqa: E402
     EXPORTERS, SEGMENTOR_OUTPUTS, ClassifierGraph, FeatureGraph, SegmentorGraph, export_onnx,
-    non_standard_ops, ort_session, quiet_exporter, run_session, sample_image)
+    non_standard_ops, operator_times, ort_session, quiet_exporter, run_session, sample_image)
 from quadmamba_mm.runtime.images import UnreadableImage, one_line, read_image  # noqa: E402
 from quadmamba_mm.runtime.quiet import quiet_tools  # noqa: E402
 from quadmamba_mm.runtime.toolbox import build_model, toolbox_of  # noqa: E402
@@ -114,6 +117,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeat', type=int, default=20, help='timed runs of each runtime')
     parser.add_argument('--threads', type=int, default=None,
                         help='threads of both runtimes (default: torch.get_num_threads())')
+    parser.add_argument('--profile', action='store_true',
+                        help="then ONNX Runtime's time per operator type (its profiler)")
     parser.add_argument('--tolerance', type=float, default=1e-4)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config settings, key=value (mmengine syntax)')
@@ -211,6 +216,17 @@ def latency_line(torch_ms: float, ort_ms: float) -> str:
             f'{ratio:.2f}x faster')
 
 
+def print_operator_times(path: str, inputs, spinning: bool, runs: int = 5,
+                         top: int = 12) -> None:
+    rows = operator_times(path, inputs, torch.get_num_threads(), spinning, runs)
+    shown = ', '.join(f'{op} {ms:.1f} ms ({calls:.0f} calls)' for op, ms, calls in rows[:top])
+    rest = sum(ms for _, ms, _ in rows[top:])
+    print(f"ONNX Runtime's time per run by operator (its profiler, {runs} runs; profiling adds "
+          f"time of its own; a Scan's body counted as its operators): {shown}"
+          + (f', the rest {rest:.1f} ms' if rows[top:] else '')
+          + f'; in all {sum(ms for _, ms, _ in rows):.1f} ms')
+
+
 def evaluate_segmentation(cfg: Config, graph: nn.Module, session,
                           shape: Tuple[int, int]) -> None:
     """mIoU of the PyTorch graph and the ONNX Runtime session (both giving labels) on the
@@ -286,6 +302,10 @@ def export_detector(model: nn.Module, inputs: List[Tuple[str, torch.Tensor]],
         [lambda: mmdet_predict(model, x), lambda: runtime(x, (height, width))], args.repeat)
     print(f'latency, batch 1, {height}x{width}, median of {args.repeat} alternate runs '
           f'({machine()}; PyTorch: mmdet predict): {latency_line(torch_ms, ort_ms)}')
+    if args.profile:
+        print_operator_times(args.out, {'image': x.numpy(),
+                                        'img_shape': np.asarray([height, width], np.int64)},
+                             spinning)
     if unmatched:
         print(f'FAILED: {unmatched} detections of ONNX Runtime and PyTorch unmatched',
               file=sys.stderr)
@@ -342,6 +362,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           args.repeat)
     print(f'latency, batch 1, {shape[0]}x{shape[1]}, median of {args.repeat} alternate runs '
           f'({machine()}): {latency_line(torch_ms, ort_ms)}')
+    if args.profile:
+        print_operator_times(args.out, x.numpy(), spinning)
     if args.eval:
         evaluate_segmentation(cfg, graph, session, shape)
     if worst > args.tolerance:
