@@ -11,8 +11,8 @@ The model kinds, as ``image -> tensor(s)`` modules (batch-first NCHW float input
 :func:`export_onnx` writes one with either of torch's exporters (the default ``dynamo``, or the
 older ``torchscript``); the selective scans take their exact standard-operator form by
 themselves (:mod:`.mode`). :func:`ort_session` opens the file in ONNX Runtime with the settings
-measured fastest on a CPU, and :func:`non_standard_ops` lists any operator outside the
-standard ONNX domains.
+measured fastest on a CPU, :func:`operator_times` gives its profile by operator type, and
+:func:`non_standard_ops` lists any operator outside the standard ONNX domains.
 """
 import copy
 import logging
@@ -376,8 +376,10 @@ def operator_times(path: Union[str, Path],
             session.run(None, inputs)
         with open(session.end_profiling()) as f:
             events = json.load(f)
-    first_run = min((e for e in events if e.get('name') == 'model_run'), key=lambda e: e['ts'])
-    warmed_up = first_run['ts'] + first_run['dur']  # the first run is the warm-up
+    runs_seen = sorted((e for e in events if e.get('name') == 'model_run'), key=lambda e: e['ts'])
+    # the first run is the warm-up (kept, and counted, where the profile does not mark runs)
+    warmed_up = runs_seen[0]['ts'] + runs_seen[0]['dur'] if runs_seen else 0
+    counted = runs if runs_seen else runs + 1
     total: Dict[str, float] = {}
     calls: Dict[str, int] = {}
     body_time = 0.0
@@ -392,7 +394,7 @@ def operator_times(path: Union[str, Path],
             body_time += micros
     if 'Scan' in total:
         total['Scan'] -= body_time
-    return sorted(((op, t / runs / 1e3, calls[op] / runs) for op, t in total.items()),
+    return sorted(((op, t / counted / 1e3, calls[op] / counted) for op, t in total.items()),
                   key=lambda row: -row[1])
 
 
