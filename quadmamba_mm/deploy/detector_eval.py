@@ -52,6 +52,13 @@ class OrtMaskRCNN:
         self.input_hw = tuple(shape[2:])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    @staticmethod
+    def feeds(image: Tensor, img_shape: Sequence[int]) -> Dict[str, np.ndarray]:
+        """The graph's inputs by name: the image and its height and width inside the
+        padding."""
+        return {'image': image.detach().cpu().float().numpy(),
+                'img_shape': np.asarray(img_shape[:2], np.int64)}
+
     def __call__(self, image: Tensor, img_shape: Sequence[int]) -> Dict[str, Tensor]:
         """``image`` ``(1, 3, H, W)`` as the data preprocessor gives it, ``img_shape`` its
         height and width inside the padding; returns the named outputs as tensors."""
@@ -60,9 +67,7 @@ class OrtMaskRCNN:
             raise ValueError(f'the ONNX graph takes {self.input_hw[0]}x{self.input_hw[1]} '
                              f'images, got {image.shape[2]}x{image.shape[3]}: preprocess '
                              f'to the exported size')
-        feeds = {'image': image.detach().cpu().float().numpy(),
-                 'img_shape': np.asarray(img_shape[:2], np.int64)}
-        outputs = self.session.run(None, feeds)
+        outputs = self.session.run(None, self.feeds(image, img_shape))
         return {name: torch.from_numpy(np.asarray(value))
                 for name, value in zip(self.output_names, outputs)}
 

@@ -307,13 +307,20 @@ def fold_map_transposes(model) -> int:
     return count
 
 
+def _subgraphs(node) -> list:
+    """The graphs in a node's attributes (a Scan's body, an If's branches)."""
+    graphs = []
+    for attribute in node.attribute:
+        graphs += ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs)
+    return graphs
+
+
 def _inputs_with_subgraphs(node) -> List[str]:
     """The names a node reads: its inputs and those its subgraphs (a Scan body) read."""
     names = list(node.input)
-    for attribute in node.attribute:
-        for graph in ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs):
-            for inner in graph.node:
-                names.extend(_inputs_with_subgraphs(inner))
+    for graph in _subgraphs(node):
+        for inner in graph.node:
+            names.extend(_inputs_with_subgraphs(inner))
     return names
 
 
@@ -344,10 +351,9 @@ def _subgraph_node_names(graph) -> set:
     """Names of the nodes inside the subgraphs (Scan bodies...) of ``graph``'s nodes."""
     names = set()
     for node in graph.node:
-        for attribute in node.attribute:
-            for body in ([attribute.g] if attribute.HasField('g') else []) + list(attribute.graphs):
-                names.update(inner.name for inner in body.node)
-                names.update(_subgraph_node_names(body))
+        for body in _subgraphs(node):
+            names.update(inner.name for inner in body.node)
+            names.update(_subgraph_node_names(body))
     return names
 
 

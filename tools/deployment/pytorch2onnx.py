@@ -303,9 +303,7 @@ def export_detector(model: nn.Module, inputs: List[Tuple[str, torch.Tensor]],
     print(f'latency, batch 1, {height}x{width}, median of {args.repeat} alternate runs '
           f'({machine()}; PyTorch: mmdet predict): {latency_line(torch_ms, ort_ms)}')
     if args.profile:
-        print_operator_times(args.out, {'image': x.numpy(),
-                                        'img_shape': np.asarray([height, width], np.int64)},
-                             spinning)
+        print_operator_times(args.out, runtime.feeds(x, (height, width)), spinning)
     if unmatched:
         print(f'FAILED: {unmatched} detections of ONNX Runtime and PyTorch unmatched',
               file=sys.stderr)
