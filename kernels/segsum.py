@@ -136,18 +136,22 @@ def _entering(ends: Tensor, dim: int) -> Tensor:
                      dim)
 
 
+def _block_starts(dA: Tensor, a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """The state entering each block of a step-major blocked sequence (``a = exp(dA)``)."""
+    zero = b.new_zeros(b.shape[1:])
+    if b.shape[dim + 1] == 1:  # one block
+        return zero
+    (zero_start, ), _ = _scan(_end_step, (zero, ), (a, b))  # block ends, each from zero
+    # The true states at block ends: the same recurrence over blocks, with the blocks' total
+    # decays; then the state entering each block is the end of the one before.
+    return _entering(linear_recurrence(dA.sum(0), zero_start, dim), dim)
+
+
 def _blocked_states(dA: Tensor, b: Tensor, dim: int) -> Tensor:
     """All states of a step-major blocked sequence: ``dA`` and ``b`` are ``(T, ...)`` with
     step ``t`` of every block at index ``t``, the blocks along ``dim`` of a step."""
     a = dA.exp()
-    zero = b.new_zeros(b.shape[1:])
-    if b.shape[dim + 1] == 1:
-        return _scan(_recurrence_step, (zero, ), (a, b))[1][0]
-    (zero_start, ), _ = _scan(_end_step, (zero, ), (a, b))  # block ends, each from zero
-    # The true states at block ends: the same recurrence over blocks, with the blocks' total
-    # decays; then the state entering each block is the end of the one before.
-    ends = linear_recurrence(dA.sum(0), zero_start, dim)
-    return _scan(_recurrence_step, (_entering(ends, dim), ), (a, b))[1][0]
+    return _scan(_recurrence_step, (_block_starts(dA, a, b, dim), ), (a, b))[1][0]
 
 
 def _output_step(carry: Carry, x: Carry) -> Tuple[Carry, Carry]:
@@ -161,13 +165,7 @@ def _output_states(dA: Tensor, b: Tensor, C: Tensor, dim: int) -> Tensor:
     (channel) axis. The pass over the block ends is one multiply-add per step; the second
     pass, from the entering states, one multiply-add and the product with ``C``."""
     a = dA.exp()
-    zero = b.new_zeros(b.shape[1:])
-    if b.shape[dim + 1] == 1:
-        start = zero
-    else:
-        (zero_start, ), _ = _scan(_end_step, (zero, ), (a, b))
-        start = _entering(linear_recurrence(dA.sum(0), zero_start, dim), dim)
-    return _scan(_output_step, (start, ), (a, b, C))[1][0]
+    return _scan(_output_step, (_block_starts(dA, a, b, dim), ), (a, b, C))[1][0]
 
 
 def linear_recurrence(dA: Tensor, b: Tensor, dim: int = -1) -> Tensor:
